@@ -1,0 +1,41 @@
+# Tollgate: `make run` starts the whole local stack, `make test` runs the test suite.
+# Both create the virtualenv and install pinned dependencies on first use.
+
+PYTHON ?= $(shell for p in python3.12 python3.11 python3; do \
+	if command -v $$p >/dev/null 2>&1 && $$p -c 'import sys; sys.exit(not ((3, 11) <= sys.version_info[:2] <= (3, 12)))'; then \
+	echo $$p; break; fi; done)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: run test install lint typecheck clean-data help
+
+help:
+	@echo "make run    - start PostgreSQL, Redis, the gateway, a Celery worker and beat"
+	@echo "make test   - run the whole test suite against real PostgreSQL and Redis"
+	@echo "make lint   - ruff; make typecheck - mypy"
+
+$(STAMP): pyproject.toml requirements.lock
+	@test -n "$(PYTHON)" || { echo "Python 3.11 or 3.12 is required"; exit 1; }
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade "pip>=24"
+	$(BIN)/python -m pip install --quiet -c requirements.lock -e '.[dev]'
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/python -m gateway.devstack run
+
+test: $(STAMP)
+	$(BIN)/python -m gateway.devstack exec --ephemeral -- $(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: $(STAMP)
+	$(BIN)/python -m gateway.devstack exec --ephemeral -- $(BIN)/mypy gateway policies alerts audit
+
+clean-data:
+	rm -rf .tollgate

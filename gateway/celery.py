@@ -1,0 +1,50 @@
+"""The Celery app (``celery -A gateway worker|beat``); every periodic task is defined here."""
+
+from __future__ import annotations
+
+import os
+
+from celery import Celery, bootsteps
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "gateway.settings")
+
+app = Celery("tollgate")
+app.config_from_object("django.conf:settings", namespace="CELERY")
+app.autodiscover_tasks()
+
+# All periodic tasks, in one place. (Later issues add rollups and rule evaluation.)
+app.conf.beat_schedule = {}
+
+
+class WorkerHeartbeat(bootsteps.StartStopStep):
+    """Writes a short-lived Redis key while the worker runs; ``/health`` reads it."""
+
+    requires = {"celery.worker.components:Timer"}
+
+    def __init__(self, worker, **kwargs):  # type: ignore[no-untyped-def]
+        super().__init__(worker, **kwargs)
+        self.tref = None
+
+    def start(self, worker):  # type: ignore[no-untyped-def]
+        from django.conf import settings
+
+        from gateway.health import worker_heartbeat_write
+
+        worker_heartbeat_write(worker.hostname)
+        self.tref = worker.timer.call_repeatedly(
+            settings.TOLLGATE_WORKER_HEARTBEAT_SECONDS,
+            worker_heartbeat_write,
+            (worker.hostname,),
+            priority=10,
+        )
+
+    def stop(self, worker):  # type: ignore[no-untyped-def]
+        from gateway.health import worker_heartbeat_clear
+
+        if self.tref is not None:
+            self.tref.cancel()
+            self.tref = None
+        worker_heartbeat_clear(worker.hostname)
+
+
+app.steps["worker"].add(WorkerHeartbeat)

@@ -1,0 +1,107 @@
+"""Upstream providers and the models clients may call, with their prices."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+from django.core.validators import MinValueValidator
+from django.db import models
+from django.db.models import Q
+
+from gateway import crypto
+
+# Prices are USD per million tokens with 6 decimals: one millionth of a dollar per
+# million tokens is the smallest step, so per-token costs are whole pico-dollars and
+# sums stay exact.
+PRICE_FIELD = {
+    "max_digits": 12,
+    "decimal_places": 6,
+    "default": Decimal("0"),
+    "validators": [MinValueValidator(Decimal("0"))],
+}
+
+
+class Provider(models.Model):
+    class Kind(models.TextChoices):
+        OPENAI = "openai", "OpenAI"
+        ANTHROPIC = "anthropic", "Anthropic"
+        OPENAI_COMPATIBLE = "openai_compatible", "OpenAI-compatible"
+
+    # Null org: shared by every organization (managed by global staff).
+    org = models.ForeignKey(
+        "policies.Organization",
+        null=True,
+        blank=True,
+        on_delete=models.CASCADE,
+        related_name="providers",
+    )
+    name = models.SlugField(max_length=64)
+    kind = models.CharField(max_length=32, choices=Kind.choices)
+    base_url = models.URLField(max_length=500)
+    api_key_ciphertext = models.TextField(blank=True, editable=False)
+    is_active = models.BooleanField(default=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["name"], condition=Q(org__isnull=True), name="provider_name_unique_shared"
+            ),
+            models.UniqueConstraint(fields=["org", "name"], name="provider_name_unique_per_org"),
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def api_key(self) -> str:
+        return crypto.decrypt(self.api_key_ciphertext)
+
+    @api_key.setter
+    def api_key(self, value: str) -> None:
+        self.api_key_ciphertext = crypto.encrypt(value)
+
+    @property
+    def has_api_key(self) -> bool:
+        return bool(self.api_key_ciphertext)
+
+
+class LlmModel(models.Model):
+    """A public model name clients use, mapped to a provider's upstream model."""
+
+    class Mode(models.TextChoices):
+        CHAT = "chat", "Chat / messages"
+        EMBEDDING = "embedding", "Embeddings"
+
+    org = models.ForeignKey(
+        "policies.Organization",
+        null=True,
+        blank=True,
+        on_delete=models.CASCADE,
+        related_name="models",
+    )
+    name = models.CharField(max_length=200, help_text="The model name clients send.")
+    provider = models.ForeignKey(Provider, on_delete=models.PROTECT, related_name="models")
+    upstream_name = models.CharField(max_length=200)
+    mode = models.CharField(max_length=16, choices=Mode.choices, default=Mode.CHAT)
+    input_price_per_million = models.DecimalField(**PRICE_FIELD)
+    output_price_per_million = models.DecimalField(**PRICE_FIELD)
+    cached_input_price_per_million = models.DecimalField(**PRICE_FIELD)
+    is_active = models.BooleanField(default=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name"]
+        verbose_name = "model"
+        constraints = [
+            models.UniqueConstraint(
+                fields=["name"], condition=Q(org__isnull=True), name="model_name_unique_shared"
+            ),
+            models.UniqueConstraint(fields=["org", "name"], name="model_name_unique_per_org"),
+        ]
+
+    def __str__(self) -> str:
+        return self.name

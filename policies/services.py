@@ -1,0 +1,56 @@
+"""Writes for tenancy objects. Views, admin and commands all call these."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import datetime
+
+from django.contrib.auth.base_user import AbstractBaseUser
+from django.db import transaction
+from django.utils import timezone
+
+from gateway.models import LlmModel
+from policies import keys
+from policies.models import ApiKey, Feature, Organization
+
+
+class KeyScopeError(ValueError):
+    """A key was given a feature or model its org may not use."""
+
+
+@transaction.atomic
+def apikey_create(
+    *,
+    org: Organization,
+    name: str,
+    actor: AbstractBaseUser | None = None,
+    default_feature: Feature | None = None,
+    allowed_features: Iterable[Feature] = (),
+    allowed_models: Iterable[LlmModel] = (),
+    expires_at: datetime | None = None,
+) -> tuple[ApiKey, str]:
+    """Create a key; returns it with the raw key, which is never available again."""
+    models = list(allowed_models)
+    foreign = [m.name for m in models if m.org_id is not None and m.org_id != org.pk]
+    if foreign:
+        raise KeyScopeError(f"models not available to {org.slug}: {', '.join(foreign)}")
+    material = keys.generate()
+    key = ApiKey.objects.create(
+        org=org,
+        name=name,
+        prefix=material.prefix,
+        key_hash=material.hash,
+        default_feature=default_feature,
+        expires_at=expires_at,
+        created_by=actor if actor is not None and actor.is_authenticated else None,
+    )
+    key.allowed_features.set(list(allowed_features))
+    key.allowed_models.set(models)
+    return key, material.raw
+
+
+def apikey_revoke(*, key: ApiKey, actor: AbstractBaseUser | None = None) -> ApiKey:
+    """Revoke a key (idempotent: a revoked key keeps its first revocation time)."""
+    ApiKey.objects.filter(pk=key.pk, revoked_at__isnull=True).update(revoked_at=timezone.now())
+    key.refresh_from_db(fields=["revoked_at"])
+    return key
