@@ -2,7 +2,7 @@
 # Both create the virtualenv and install pinned dependencies on first use.
 
 PYTHON ?= $(shell for p in python3.12 python3.11 python3; do \
-	if command -v $$p >/dev/null 2>&1 && $$p -c 'import sys; sys.exit(not ((3, 11) <= sys.version_info[:2] <= (3, 12)))'; then \
+	if $$p -c 'import sys; sys.exit(not ((3, 11) <= sys.version_info[:2] <= (3, 12)))' >/dev/null 2>&1; then \
 	echo $$p; break; fi; done)
 VENV := .venv
 BIN := $(VENV)/bin

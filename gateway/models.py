@@ -105,3 +105,12 @@ class LlmModel(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+    def clean(self) -> None:
+        from django.core.exceptions import ValidationError
+
+        provider_org = getattr(self.provider, "org_id", None) if self.provider_id else None
+        if provider_org is not None and provider_org != self.org_id:
+            raise ValidationError(
+                {"provider": "A model can only use a shared provider or one of its own org."}
+            )

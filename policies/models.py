@@ -46,7 +46,11 @@ class Organization(models.Model):
     class Meta:
         ordering = ["slug"]
         constraints = [
-            models.UniqueConstraint(Lower("name"), name="organization_name_unique_ci"),
+            models.UniqueConstraint(
+                Lower("name"),
+                name="organization_name_unique_ci",
+                violation_error_message="An organization with this name already exists.",
+            ),
         ]
 
     def __str__(self) -> str:

@@ -179,6 +179,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     stack = Stack(home, durable=True)
     stopping = False
+    # If whatever started us (make, a terminal) goes away without a signal, stop too.
+    parent = os.getppid()
 
     def on_signal(signum: int, frame: object) -> None:
         nonlocal stopping
@@ -201,7 +203,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                 [
                     sys.executable, "-m", "uvicorn", "gateway.asgi:application",
                     "--host", "127.0.0.1", "--port", str(port), "--workers", workers,
-                    "--no-access-log", "--timeout-graceful-shutdown", "10",
+                    "--no-access-log", "--lifespan", "off", "--timeout-graceful-shutdown", "10",
                 ],
                 log_path=None, env=env, cwd=BASE_DIR,
             ),
@@ -227,6 +229,9 @@ def cmd_run(args: argparse.Namespace) -> int:
             _wait_http(f"http://127.0.0.1:{port}/health/live", stack.children[0])
             print(_banner(home, public_url), flush=True)
         while not stopping:
+            if os.getppid() != parent:
+                _say("parent process exited; stopping")
+                break
             for child in stack.children:
                 if not child.running():
                     code = child.proc.returncode if child.proc else None

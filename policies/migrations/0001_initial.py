@@ -94,6 +94,6 @@ class Migration(migrations.Migration):
         ),
         migrations.AddConstraint(
             model_name='organization',
-            constraint=models.UniqueConstraint(django.db.models.functions.text.Lower('name'), name='organization_name_unique_ci'),
+            constraint=models.UniqueConstraint(django.db.models.functions.text.Lower('name'), name='organization_name_unique_ci', violation_error_message='An organization with this name already exists.'),
         ),
     ]
