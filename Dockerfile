@@ -25,4 +25,4 @@ RUN pip install -c requirements.lock . \
 
 USER tollgate
 EXPOSE 8000
-CMD ["sh", "-c", "uvicorn gateway.asgi:application --host 0.0.0.0 --port 8000 --workers ${GATEWAY_WORKERS:-2} --no-access-log --lifespan off"]
+CMD ["sh", "-c", "uvicorn gateway.asgi:application --host 0.0.0.0 --port 8000 --workers ${GATEWAY_WORKERS:-2} --no-access-log"]

@@ -27,6 +27,12 @@ class _TenantSerializer(serializers.ModelSerializer):  # type: ignore[type-arg]
             fields["org"].read_only = True
         return fields
 
+    def get_unique_together_validators(self) -> list[Any]:
+        # Names are unique per org (or in the shared catalog); the org is only known in
+        # validate(), which checks it (_validate_unique_name). DRF's validators would
+        # make ``org`` required instead.
+        return []
+
     def _target_org(self, attrs: dict[str, Any]) -> Organization | None:
         if self.instance is not None:
             return self.instance.org

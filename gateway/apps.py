@@ -7,4 +7,4 @@ class GatewayConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        from gateway import checks  # noqa: F401 - registers system checks
+        from gateway import checks, signals  # noqa: F401 - registers checks and signal handlers

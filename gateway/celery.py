@@ -12,8 +12,16 @@ app = Celery("tollgate")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()
 
-# All periodic tasks, in one place. (Later issues add rollups and rule evaluation.)
-app.conf.beat_schedule = {}
+# All periodic tasks, in one place.
+app.conf.beat_schedule = {
+    # Usage records go from the Redis stream to Postgres about once a second.
+    "usage-flush": {
+        "task": "gateway.tasks.usage_flush",
+        "schedule": 1.0,
+        # A run that could not start within 5 s is skipped: the next one does its work.
+        "options": {"expires": 5},
+    },
+}
 
 
 class WorkerHeartbeat(bootsteps.StartStopStep):

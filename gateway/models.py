@@ -83,7 +83,9 @@ class LlmModel(models.Model):
         related_name="models",
     )
     name = models.CharField(max_length=200, help_text="The model name clients send.")
-    provider = models.ForeignKey(Provider, on_delete=models.PROTECT, related_name="models")
+    # RESTRICT: a provider in use cannot be deleted, unless its org (and so the models that
+    # use it) is being deleted in the same operation.
+    provider = models.ForeignKey(Provider, on_delete=models.RESTRICT, related_name="models")
     upstream_name = models.CharField(max_length=200)
     mode = models.CharField(max_length=16, choices=Mode.choices, default=Mode.CHAT)
     input_price_per_million = models.DecimalField(**PRICE_FIELD)
@@ -114,3 +116,82 @@ class LlmModel(models.Model):
             raise ValidationError(
                 {"provider": "A model can only use a shared provider or one of its own org."}
             )
+
+
+class UsageRecord(models.Model):
+    """One row per client request through ``/v1`` (allowed, rejected or failed).
+
+    Written in batches from a Redis stream by a Celery task, never on the request path.
+    """
+
+    class Outcome(models.TextChoices):
+        OK = "ok", "OK"
+        CLIENT_ERROR = "client_error", "Rejected: bad request"
+        AUTH_ERROR = "auth_error", "Rejected: authentication or permission"
+        RATE_LIMITED = "rate_limited", "Rejected: limit"
+        UPSTREAM_ERROR = "upstream_error", "Upstream error"
+        CLIENT_DISCONNECTED = "client_disconnected", "Client disconnected"
+
+    request_id = models.CharField(max_length=128, unique=True)
+    created_at = models.DateTimeField(db_index=True)
+    org = models.ForeignKey(
+        "policies.Organization", null=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    api_key = models.ForeignKey(
+        "policies.ApiKey", null=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    # Names, not foreign keys: a record keeps what was used even if the row is renamed later.
+    feature = models.CharField(max_length=64, blank=True)
+    model = models.CharField(max_length=200, blank=True)
+    provider = models.CharField(max_length=64, blank=True)
+    endpoint = models.CharField(max_length=32)
+    stream = models.BooleanField(default=False)
+    status_code = models.PositiveSmallIntegerField()
+    outcome = models.CharField(max_length=24, choices=Outcome.choices)
+    error = models.CharField(max_length=300, blank=True)
+    input_tokens = models.PositiveIntegerField(default=0)
+    cached_input_tokens = models.PositiveIntegerField(default=0)
+    output_tokens = models.PositiveIntegerField(default=0)
+    # True when the provider never reported usage (e.g. the client left mid-stream) and the
+    # tokens were counted by the gateway instead.
+    usage_estimated = models.BooleanField(default=False)
+    cost_usd = models.DecimalField(max_digits=20, decimal_places=12, default=Decimal("0"))
+    upstream_latency_ms = models.FloatField(null=True)
+    ttft_ms = models.FloatField(null=True)
+    overhead_ms = models.FloatField(null=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [models.Index(fields=["org", "created_at"], name="usage_org_time")]
+
+    def __str__(self) -> str:
+        return f"{self.request_id} {self.outcome}"
+
+
+class UsageRollup(models.Model):
+    """Usage summed per minute by org, feature and model (for the usage API and dashboards)."""
+
+    minute = models.DateTimeField()
+    org = models.ForeignKey(
+        "policies.Organization", null=True, on_delete=models.CASCADE, related_name="+"
+    )
+    feature = models.CharField(max_length=64, blank=True)
+    model = models.CharField(max_length=200, blank=True)
+    requests = models.PositiveIntegerField(default=0)
+    errors = models.PositiveIntegerField(default=0)
+    input_tokens = models.BigIntegerField(default=0)
+    cached_input_tokens = models.BigIntegerField(default=0)
+    output_tokens = models.BigIntegerField(default=0)
+    cost_usd = models.DecimalField(max_digits=24, decimal_places=12, default=Decimal("0"))
+    upstream_latency_ms_sum = models.FloatField(default=0)
+
+    class Meta:
+        ordering = ["-minute"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["minute", "org", "feature", "model"],
+                name="usage_rollup_bucket",
+                nulls_distinct=False,
+            )
+        ]
+        indexes = [models.Index(fields=["org", "minute"], name="usage_rollup_org_minute")]

@@ -187,6 +187,7 @@ SPECTACULAR_SETTINGS = {
     "DESCRIPTION": "Organizations, features, API keys, providers and models of a Tollgate gateway.",
     "VERSION": "0.1.0",
     "SERVE_INCLUDE_SCHEMA": False,
+    "SERVE_PERMISSIONS": ["policies.permissions.IsTollgateAdmin"],
     "COMPONENT_SPLIT_REQUEST": True,
 }
 
@@ -195,6 +196,11 @@ TOLLGATE_HEALTH_TIMEOUT_SECONDS = env.float("TOLLGATE_HEALTH_TIMEOUT_SECONDS", 3
 # A worker whose last heartbeat is older than this counts as gone.
 TOLLGATE_WORKER_HEARTBEAT_SECONDS = 5
 TOLLGATE_WORKER_STALE_SECONDS = 30
+
+# The upstream client: connect and read timeouts (seconds) and the connection pool size.
+TOLLGATE_UPSTREAM_CONNECT_TIMEOUT = env.float("TOLLGATE_UPSTREAM_CONNECT_TIMEOUT", 10.0, minimum=0.1)
+TOLLGATE_UPSTREAM_READ_TIMEOUT = env.float("TOLLGATE_UPSTREAM_READ_TIMEOUT", 300.0, minimum=0.1)
+TOLLGATE_UPSTREAM_MAX_CONNECTIONS = env.int("TOLLGATE_UPSTREAM_MAX_CONNECTIONS", 2000, minimum=1)
 
 # Client requests larger than this get 413.
 TOLLGATE_MAX_BODY_BYTES = env.int("TOLLGATE_MAX_BODY_BYTES", 10 * 1024 * 1024, minimum=1024)

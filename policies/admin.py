@@ -108,6 +108,14 @@ class ApiKeyAdmin(OrgScopedAdmin):
         obj._state.adding = False
         obj._raw_key = raw  # type: ignore[attr-defined]
 
+    def save_related(self, request: HttpRequest, form: Any, formsets: Any, change: bool) -> None:
+        super().save_related(request, form, formsets, change)
+        services.apikey_set_allowed(
+            key=form.instance,
+            features=form.cleaned_data.get("allowed_features", []),
+            models=form.cleaned_data.get("allowed_models", []),
+        )
+
     def response_add(self, request: HttpRequest, obj: ApiKey, post_url_continue: str | None = None) -> HttpResponse:
         raw = getattr(obj, "_raw_key", None)
         if raw is None:

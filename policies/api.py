@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.db import transaction
 from django.db.models import QuerySet
+from django.db.models.deletion import ProtectedError, RestrictedError
 from django.utils import timezone
 from drf_spectacular.utils import extend_schema
 from rest_framework import mixins, serializers, status, viewsets
@@ -16,7 +18,13 @@ from rest_framework.response import Response
 from gateway.models import LlmModel
 from policies import services
 from policies.models import ApiKey, Feature, Organization, Tier
-from policies.permissions import GlobalWriteOnly, IsTollgateAdmin, TenantViewSetMixin, scope_of
+from policies.permissions import (
+    GlobalWriteOnly,
+    InUse,
+    IsTollgateAdmin,
+    TenantViewSetMixin,
+    scope_of,
+)
 
 
 class _ScopedSerializer(serializers.ModelSerializer):  # type: ignore[type-arg]
@@ -72,13 +80,21 @@ class OrganizationViewSet(viewsets.ModelViewSet):  # type: ignore[type-arg]
         if not scope_of(self.request).is_global:
             raise PermissionDenied("Only global staff can create or delete organizations.")
 
-    def perform_create(self, serializer: OrganizationSerializer) -> None:
+    def create(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        # Before validation, so an org admin learns nothing (e.g. other orgs' names).
         self._require_global()
-        serializer.save()
+        return super().create(request, *args, **kwargs)
 
     def perform_destroy(self, instance: Organization) -> None:
         self._require_global()
-        instance.delete()
+        try:
+            with transaction.atomic():
+                # The org's models go first: their providers (also the org's) PROTECT them.
+                LlmModel.objects.filter(org=instance).delete()
+                instance.delete()
+        except (ProtectedError, RestrictedError) as exc:
+            names = sorted({str(obj) for obj in getattr(exc, 'protected_objects', None) or exc.restricted_objects})[:10]
+            raise InUse(f"Still in use by: {', '.join(names)}.") from None
 
 
 class FeatureSerializer(serializers.ModelSerializer):  # type: ignore[type-arg]
@@ -187,7 +203,11 @@ class ApiKeySerializer(_ScopedSerializer):
 
     def update(self, instance: ApiKey, validated_data: dict[str, Any]) -> ApiKey:
         validated_data.pop("org", None)
-        return super().update(instance, validated_data)
+        features = validated_data.pop("allowed_features", None)
+        models = validated_data.pop("allowed_models", None)
+        instance = super().update(instance, validated_data)
+        services.apikey_set_allowed(key=instance, features=features, models=models)
+        return instance
 
 
 class ApiKeyCreatedSerializer(ApiKeySerializer):

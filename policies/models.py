@@ -112,6 +112,10 @@ class ApiKey(models.Model):
     allowed_models = models.ManyToManyField(
         "gateway.LlmModel", blank=True, related_name="+", help_text="Empty means every model."
     )
+    # Set whenever an allow-list is given. A restricted key whose listed models or features
+    # were all deleted allows nothing, instead of silently allowing everything.
+    restrict_features = models.BooleanField(default=False, editable=False)
+    restrict_models = models.BooleanField(default=False, editable=False)
     expires_at = models.DateTimeField(null=True, blank=True)
     revoked_at = models.DateTimeField(null=True, blank=True, editable=False)
     created_by = models.ForeignKey(

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.db import IntegrityError, transaction
-from django.db.models.deletion import ProtectedError
+from django.db.models.deletion import ProtectedError, RestrictedError
 from django.db.models import Model, QuerySet
 from rest_framework import serializers
 from rest_framework.exceptions import APIException, PermissionDenied
@@ -84,8 +84,8 @@ class TenantViewSetMixin:
     def perform_destroy(self, instance: Model) -> None:
         try:
             instance.delete()
-        except ProtectedError as exc:
-            names = sorted({str(obj) for obj in exc.protected_objects})[:10]
+        except (ProtectedError, RestrictedError) as exc:
+            names = sorted({str(obj) for obj in getattr(exc, 'protected_objects', None) or exc.restricted_objects})[:10]
             raise InUse(f"Still in use by: {', '.join(names)}.") from None
 
 

@@ -63,6 +63,8 @@ def admin_scope_for(*, user: AbstractBaseUser | AnonymousUser) -> AdminScope:
         Membership.objects.select_related("org").filter(user_id=user.pk).first()
     )
     if membership is not None:
+        if not membership.org.is_active:
+            return NOBODY  # a deactivated org's people are locked out with it
         return AdminScope(
             is_global=False,
             org=membership.org,

@@ -10,6 +10,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from gateway.models import LlmModel
+from gateway.proxy.catalog import config_changed
 from policies import keys
 from policies.models import ApiKey, Feature, Organization
 
@@ -34,6 +35,7 @@ def apikey_create(
     foreign = [m.name for m in models if m.org_id is not None and m.org_id != org.pk]
     if foreign:
         raise KeyScopeError(f"models not available to {org.slug}: {', '.join(foreign)}")
+    features = list(allowed_features)
     material = keys.generate()
     key = ApiKey.objects.create(
         org=org,
@@ -42,15 +44,38 @@ def apikey_create(
         key_hash=material.hash,
         default_feature=default_feature,
         expires_at=expires_at,
+        restrict_features=bool(features),
+        restrict_models=bool(models),
         created_by=actor if actor is not None and actor.is_authenticated else None,
     )
-    key.allowed_features.set(list(allowed_features))
+    key.allowed_features.set(features)
     key.allowed_models.set(models)
     return key, material.raw
+
+
+def apikey_set_allowed(
+    *,
+    key: ApiKey,
+    features: Iterable[Feature] | None = None,
+    models: Iterable[LlmModel] | None = None,
+) -> None:
+    """Replace a key's allow-lists (None leaves one as is; empty allows everything)."""
+    if features is not None:
+        features = list(features)
+        key.allowed_features.set(features)
+        key.restrict_features = bool(features)
+    if models is not None:
+        models = list(models)
+        key.allowed_models.set(models)
+        key.restrict_models = bool(models)
+    ApiKey.objects.filter(pk=key.pk).update(
+        restrict_features=key.restrict_features, restrict_models=key.restrict_models
+    )
 
 
 def apikey_revoke(*, key: ApiKey, actor: AbstractBaseUser | None = None) -> ApiKey:
     """Revoke a key (idempotent: a revoked key keeps its first revocation time)."""
     ApiKey.objects.filter(pk=key.pk, revoked_at__isnull=True).update(revoked_at=timezone.now())
     key.refresh_from_db(fields=["revoked_at"])
+    config_changed()  # a queryset update sends no post_save
     return key

@@ -203,7 +203,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                 [
                     sys.executable, "-m", "uvicorn", "gateway.asgi:application",
                     "--host", "127.0.0.1", "--port", str(port), "--workers", workers,
-                    "--no-access-log", "--lifespan", "off", "--timeout-graceful-shutdown", "10",
+                    "--no-access-log", "--timeout-graceful-shutdown", "10",
                 ],
                 log_path=None, env=env, cwd=BASE_DIR,
             ),
