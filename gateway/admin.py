@@ -59,8 +59,15 @@ class ProviderAdmin(OrgScopedAdmin):
 class LlmModelAdmin(OrgScopedAdmin):
     shared_rows = True
     list_display = [
-        "name", "provider", "upstream_name", "mode", "input_price_per_million",
-        "output_price_per_million", "cached_input_price_per_million", "org", "is_active",
+        "name",
+        "provider",
+        "upstream_name",
+        "mode",
+        "input_price_per_million",
+        "output_price_per_million",
+        "cached_input_price_per_million",
+        "org",
+        "is_active",
     ]
     list_filter = ["provider", "mode", "is_active"]
     search_fields = ["name", "upstream_name"]

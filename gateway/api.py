@@ -21,9 +21,7 @@ class _TenantSerializer(serializers.ModelSerializer):  # type: ignore[type-arg]
     def get_fields(self) -> dict[str, serializers.Field]:  # type: ignore[type-arg]
         fields = super().get_fields()
         request = self.context.get("request")
-        if request is not None and (
-            not scope_of(request).is_global or self.instance is not None
-        ):
+        if request is not None and (not scope_of(request).is_global or self.instance is not None):
             fields["org"].read_only = True
         return fields
 
@@ -65,8 +63,16 @@ class ProviderSerializer(_TenantSerializer):
     class Meta:
         model = Provider
         fields = [
-            "id", "org", "name", "kind", "base_url", "api_key", "has_api_key",
-            "is_active", "created_at", "updated_at",
+            "id",
+            "org",
+            "name",
+            "kind",
+            "base_url",
+            "api_key",
+            "has_api_key",
+            "is_active",
+            "created_at",
+            "updated_at",
         ]
         read_only_fields = ["created_at", "updated_at"]
 
@@ -109,9 +115,18 @@ class LlmModelSerializer(_TenantSerializer):
     class Meta:
         model = LlmModel
         fields = [
-            "id", "org", "name", "provider", "upstream_name", "mode",
-            "input_price_per_million", "output_price_per_million",
-            "cached_input_price_per_million", "is_active", "created_at", "updated_at",
+            "id",
+            "org",
+            "name",
+            "provider",
+            "upstream_name",
+            "mode",
+            "input_price_per_million",
+            "output_price_per_million",
+            "cached_input_price_per_million",
+            "is_active",
+            "created_at",
+            "updated_at",
         ]
         read_only_fields = ["created_at", "updated_at"]
 

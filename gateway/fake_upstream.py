@@ -55,12 +55,22 @@ from typing import Any
 from aiohttp import web
 
 ERRORS = (None, "429", "500", "400", "hang", "drop")
-MODEL_OVERRIDES = {"-error429": "429", "-error500": "500", "-error400": "400",
-                   "-hang": "hang", "-drop": "drop"}
+MODEL_OVERRIDES = {
+    "-error429": "429",
+    "-error500": "500",
+    "-error400": "400",
+    "-hang": "hang",
+    "-drop": "drop",
+}
 SLOW_SUFFIX_MS = 200.0
 MAX_RECORDED = 1000
-MODEL_NAMES = ("gpt-4o-mini", "gpt-4o", "text-embedding-3-small",
-               "claude-3-5-haiku-latest", "claude-sonnet-4-5")
+MODEL_NAMES = (
+    "gpt-4o-mini",
+    "gpt-4o",
+    "text-embedding-3-small",
+    "claude-3-5-haiku-latest",
+    "claude-sonnet-4-5",
+)
 DROP_AFTER_CHUNKS = 2
 EMBEDDING_DIMENSIONS = 8
 
@@ -158,28 +168,46 @@ def _dumps(obj: Any) -> bytes:
 
 
 def _json(obj: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
-    return web.Response(body=_dumps(obj), status=status, headers=headers,
-                        content_type="application/json")
+    return web.Response(
+        body=_dumps(obj), status=status, headers=headers, content_type="application/json"
+    )
 
 
-def _openai_error(status: int, message: str, type_: str, param: str | None = None,
-                  code: str | None = None, headers: dict[str, str] | None = None) -> web.Response:
+def _openai_error(
+    status: int,
+    message: str,
+    type_: str,
+    param: str | None = None,
+    code: str | None = None,
+    headers: dict[str, str] | None = None,
+) -> web.Response:
     error = {"message": message, "type": type_, "param": param, "code": code}
     return _json({"error": error}, status, headers)
 
 
-def _anthropic_error(status: int, type_: str, message: str,
-                     headers: dict[str, str] | None = None) -> web.Response:
+def _anthropic_error(
+    status: int, type_: str, message: str, headers: dict[str, str] | None = None
+) -> web.Response:
     return _json({"type": "error", "error": {"type": type_, "message": message}}, status, headers)
 
 
 # status, OpenAI type and code, Anthropic type, message
 _FAULTS: dict[str, tuple[int, str, str | None, str, str]] = {
-    "429": (429, "rate_limit_exceeded", "rate_limit_exceeded", "rate_limit_error",
-            "Rate limit reached (fake upstream)."),
+    "429": (
+        429,
+        "rate_limit_exceeded",
+        "rate_limit_exceeded",
+        "rate_limit_error",
+        "Rate limit reached (fake upstream).",
+    ),
     "500": (500, "server_error", None, "api_error", "Internal server error (fake upstream)."),
-    "400": (400, "invalid_request_error", None, "invalid_request_error",
-            "Invalid request (fake upstream)."),
+    "400": (
+        400,
+        "invalid_request_error",
+        None,
+        "invalid_request_error",
+        "Invalid request (fake upstream).",
+    ),
 }
 
 
@@ -197,8 +225,11 @@ def _words(text: Any) -> int:
 
 def _content_words(content: Any) -> int:
     if isinstance(content, list):
-        return sum(_words(part.get("text")) for part in content
-                   if isinstance(part, dict) and part.get("type", "text") == "text")
+        return sum(
+            _words(part.get("text"))
+            for part in content
+            if isinstance(part, dict) and part.get("type", "text") == "text"
+        )
     return _words(content)
 
 
@@ -236,8 +267,9 @@ def _drop(request: web.Request) -> web.Response:
     return web.Response(status=499)  # never sent: the transport is closed
 
 
-async def _plan(request: web.Request, model: str, anthropic: bool, stream: bool = False
-                ) -> tuple[FakeConfig, str | None, web.Response | None]:
+async def _plan(
+    request: web.Request, model: str, anthropic: bool, stream: bool = False
+) -> tuple[FakeConfig, str | None, web.Response | None]:
     """Apply latency and injected faults: (config, fault, response to return instead)."""
     state = request.app[STATE]
     fault = next((f for tag, f in MODEL_OVERRIDES.items() if tag in model), None)
@@ -256,11 +288,17 @@ async def _plan(request: web.Request, model: str, anthropic: bool, stream: bool 
     return cfg, fault, None
 
 
-async def _stream(request: web.Request, cfg: FakeConfig, fault: str | None,
-                  before: list[bytes], chunks: list[bytes], after: list[bytes]
-                  ) -> web.StreamResponse:
-    resp = web.StreamResponse(headers={"Content-Type": "text/event-stream; charset=utf-8",
-                                       "Cache-Control": "no-cache"})
+async def _stream(
+    request: web.Request,
+    cfg: FakeConfig,
+    fault: str | None,
+    before: list[bytes],
+    chunks: list[bytes],
+    after: list[bytes],
+) -> web.StreamResponse:
+    resp = web.StreamResponse(
+        headers={"Content-Type": "text/event-stream; charset=utf-8", "Cache-Control": "no-cache"}
+    )
     await resp.prepare(request)
     for event in before:
         await resp.write(event)
@@ -290,16 +328,19 @@ _DONE = b"data: [DONE]\n\n"
 async def chat_completions(request: web.Request) -> web.StreamResponse:
     n, body = await _read_body(request)
     if not isinstance(body, dict):
-        return _openai_error(400, "The request body must be a JSON object.",
-                             "invalid_request_error")
+        return _openai_error(
+            400, "The request body must be a JSON object.", "invalid_request_error"
+        )
     model = body.get("model")
     if not isinstance(model, str) or not model:
-        return _openai_error(400, "you must provide a model parameter",
-                             "invalid_request_error", "model")
+        return _openai_error(
+            400, "you must provide a model parameter", "invalid_request_error", "model"
+        )
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
-        return _openai_error(400, "'messages' must be a non-empty array",
-                             "invalid_request_error", "messages")
+        return _openai_error(
+            400, "'messages' must be a non-empty array", "invalid_request_error", "messages"
+        )
     cfg, fault, early = await _plan(request, model, False, bool(body.get("stream")))
     if early is not None:
         return early
@@ -308,34 +349,59 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         limit = _int_or_none(body.get("max_tokens"))
     count = cfg.chunks if limit is None else max(0, min(cfg.chunks, limit))
     prompt = _prompt_words(messages)
-    usage = {"prompt_tokens": prompt, "completion_tokens": count,
-             "total_tokens": prompt + count,
-             "prompt_tokens_details": {"cached_tokens": min(cfg.cached_tokens, prompt)}}
+    usage = {
+        "prompt_tokens": prompt,
+        "completion_tokens": count,
+        "total_tokens": prompt + count,
+        "prompt_tokens_details": {"cached_tokens": min(cfg.cached_tokens, prompt)},
+    }
     created = int(time.time())
     if not body.get("stream"):
-        message = {"role": "assistant", "content": "".join(f"tok{i} " for i in range(count)),
-                   "refusal": None}
-        return _json({"id": f"chatcmpl-fake-{n}", "object": "chat.completion",
-                      "created": created, "model": model, "system_fingerprint": "fp_fake",
-                      "choices": [{"index": 0, "message": message, "logprobs": None,
-                                   "finish_reason": "stop"}],
-                      "usage": usage})
+        message = {
+            "role": "assistant",
+            "content": "".join(f"tok{i} " for i in range(count)),
+            "refusal": None,
+        }
+        return _json(
+            {
+                "id": f"chatcmpl-fake-{n}",
+                "object": "chat.completion",
+                "created": created,
+                "model": model,
+                "system_fingerprint": "fp_fake",
+                "choices": [
+                    {"index": 0, "message": message, "logprobs": None, "finish_reason": "stop"}
+                ],
+                "usage": usage,
+            }
+        )
     options = body.get("stream_options")
     include_usage = isinstance(options, dict) and options.get("include_usage") is True
     # Pre-encoded envelope; the per-chunk part is a small string format.
-    head = (f'data: {{"id":"chatcmpl-fake-{n}","object":"chat.completion.chunk",'
-            f'"created":{created},"model":{json.dumps(model)},'
-            f'"system_fingerprint":"fp_fake","choices":[')
+    head = (
+        f'data: {{"id":"chatcmpl-fake-{n}","object":"chat.completion.chunk",'
+        f'"created":{created},"model":{json.dumps(model)},'
+        f'"system_fingerprint":"fp_fake","choices":['
+    )
     # OpenAI sends "usage": null on every chunk when include_usage is on.
     tail = '],"usage":null}\n\n' if include_usage else "]}\n\n"
-    chunks = [(head + '{"index":0,"delta":{' + ('"role":"assistant",' if i == 0 else "")
-               + f'"content":"tok{i} "}},"logprobs":null,"finish_reason":null}}' + tail).encode()
-              for i in range(count)]
-    after = [(head + '{"index":0,"delta":{},"logprobs":null,"finish_reason":"stop"}'
-              + tail).encode()]
+    chunks = [
+        (
+            head
+            + '{"index":0,"delta":{'
+            + ('"role":"assistant",' if i == 0 else "")
+            + f'"content":"tok{i} "}},"logprobs":null,"finish_reason":null}}'
+            + tail
+        ).encode()
+        for i in range(count)
+    ]
+    after = [
+        (head + '{"index":0,"delta":{},"logprobs":null,"finish_reason":"stop"}' + tail).encode()
+    ]
     if include_usage:  # the usage chunk has empty choices, exactly as OpenAI sends it
-        after.append((head + '],"usage":' + json.dumps(usage, separators=(",", ":"))
-                      + "}\n\n").encode())
+        after.append(
+            (head + '],"usage":' + json.dumps(usage, separators=(",", ":")) + "}\n\n").encode()
+        )
     after.append(_DONE)
     return await _stream(request, cfg, fault, [], chunks, after)
 
@@ -351,29 +417,47 @@ def _embedding(text: str, as_base64: bool) -> list[float] | str:
 async def embeddings(request: web.Request) -> web.StreamResponse:
     _n, body = await _read_body(request)
     if not isinstance(body, dict) or not isinstance(body.get("model"), str):
-        return _openai_error(400, "you must provide a model parameter",
-                             "invalid_request_error", "model")
+        return _openai_error(
+            400, "you must provide a model parameter", "invalid_request_error", "model"
+        )
     inputs = body.get("input")
     if isinstance(inputs, str):
         inputs = [inputs]
     if not isinstance(inputs, list) or not inputs or not all(isinstance(i, str) for i in inputs):
-        return _openai_error(400, "'input' must be a string or a non-empty array of strings",
-                             "invalid_request_error", "input")
+        return _openai_error(
+            400,
+            "'input' must be a string or a non-empty array of strings",
+            "invalid_request_error",
+            "input",
+        )
     model = body["model"]
     _cfg, _fault, early = await _plan(request, model, anthropic=False)
     if early is not None:
         return early
     as_base64 = body.get("encoding_format") == "base64"
     tokens = max(1, sum(_words(text) for text in inputs))
-    return _json({"object": "list", "model": model,
-                  "data": [{"object": "embedding", "index": i,
-                            "embedding": _embedding(text, as_base64)}
-                           for i, text in enumerate(inputs)],
-                  "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})
+    return _json(
+        {
+            "object": "list",
+            "model": model,
+            "data": [
+                {"object": "embedding", "index": i, "embedding": _embedding(text, as_base64)}
+                for i, text in enumerate(inputs)
+            ],
+            "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+        }
+    )
 
 
-_MODELS_BODY = _dumps({"object": "list", "data": [
-    {"id": name, "object": "model", "created": 0, "owned_by": "fake"} for name in MODEL_NAMES]})
+_MODELS_BODY = _dumps(
+    {
+        "object": "list",
+        "data": [
+            {"id": name, "object": "model", "created": 0, "owned_by": "fake"}
+            for name in MODEL_NAMES
+        ],
+    }
+)
 
 
 async def list_models(request: web.Request) -> web.StreamResponse:
@@ -388,20 +472,25 @@ def _sse(event: str, data: dict[str, Any]) -> bytes:
     return f"event: {event}\ndata: ".encode() + _dumps(data) + b"\n\n"
 
 
-_CONTENT_BLOCK_START = _sse("content_block_start", {
-    "type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}})
+_CONTENT_BLOCK_START = _sse(
+    "content_block_start",
+    {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
+)
 _PING = _sse("ping", {"type": "ping"})
 _CONTENT_BLOCK_STOP = _sse("content_block_stop", {"type": "content_block_stop", "index": 0})
 _MESSAGE_STOP = _sse("message_stop", {"type": "message_stop"})
-_TEXT_DELTA = ('event: content_block_delta\ndata: {"type":"content_block_delta","index":0,'
-               '"delta":{"type":"text_delta","text":"tok%d "}}\n\n')
+_TEXT_DELTA = (
+    'event: content_block_delta\ndata: {"type":"content_block_delta","index":0,'
+    '"delta":{"type":"text_delta","text":"tok%d "}}\n\n'
+)
 
 
 async def anthropic_messages(request: web.Request) -> web.StreamResponse:
     n, body = await _read_body(request)
     if not isinstance(body, dict):
-        return _anthropic_error(400, "invalid_request_error",
-                                "The request body must be a JSON object.")
+        return _anthropic_error(
+            400, "invalid_request_error", "The request body must be a JSON object."
+        )
     for field, kind in (("model", str), ("max_tokens", int), ("messages", list)):
         if not isinstance(body.get(field), kind) or isinstance(body.get(field), bool):
             return _anthropic_error(400, "invalid_request_error", f"{field}: Field required")
@@ -412,25 +501,51 @@ async def anthropic_messages(request: web.Request) -> web.StreamResponse:
     count = max(0, min(cfg.chunks, body["max_tokens"]))
     words = _prompt_words(body["messages"], body.get("system"))
     cached = min(cfg.cached_tokens, words)
-    usage = {"input_tokens": words - cached, "output_tokens": count,
-             "cache_read_input_tokens": cached, "cache_creation_input_tokens": 0}
-    message: dict[str, Any] = {"id": f"msg_fake_{n}", "type": "message", "role": "assistant",
-                               "model": model, "content": [], "stop_reason": None,
-                               "stop_sequence": None}
+    usage = {
+        "input_tokens": words - cached,
+        "output_tokens": count,
+        "cache_read_input_tokens": cached,
+        "cache_creation_input_tokens": 0,
+    }
+    message: dict[str, Any] = {
+        "id": f"msg_fake_{n}",
+        "type": "message",
+        "role": "assistant",
+        "model": model,
+        "content": [],
+        "stop_reason": None,
+        "stop_sequence": None,
+    }
     if not body.get("stream"):
         text = "".join(f"tok{i} " for i in range(count))
-        return _json(message | {"content": [{"type": "text", "text": text}],
-                                "stop_reason": "end_turn", "usage": usage})
+        return _json(
+            message
+            | {
+                "content": [{"type": "text", "text": text}],
+                "stop_reason": "end_turn",
+                "usage": usage,
+            }
+        )
     # Anthropic reports output_tokens 1 in message_start and the real count in message_delta.
     start = message | {"usage": usage | {"output_tokens": 1}}
-    before = [_sse("message_start", {"type": "message_start", "message": start}),
-              _CONTENT_BLOCK_START, _PING]
+    before = [
+        _sse("message_start", {"type": "message_start", "message": start}),
+        _CONTENT_BLOCK_START,
+        _PING,
+    ]
     chunks = [(_TEXT_DELTA % i).encode() for i in range(count)]
-    after = [_CONTENT_BLOCK_STOP,
-             _sse("message_delta", {"type": "message_delta",
-                                    "delta": {"stop_reason": "end_turn", "stop_sequence": None},
-                                    "usage": {"output_tokens": count}}),
-             _MESSAGE_STOP]
+    after = [
+        _CONTENT_BLOCK_STOP,
+        _sse(
+            "message_delta",
+            {
+                "type": "message_delta",
+                "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+                "usage": {"output_tokens": count},
+            },
+        ),
+        _MESSAGE_STOP,
+    ]
     return await _stream(request, cfg, fault, before, chunks, after)
 
 
@@ -498,12 +613,12 @@ def _listen(host: str, port: int) -> socket.socket:
     return sock
 
 
-async def _serve(app: web.Application, sock: socket.socket, ready: Callable[[], None],
-                 stop: asyncio.Event) -> None:
+async def _serve(
+    app: web.Application, sock: socket.socket, ready: Callable[[], None], stop: asyncio.Event
+) -> None:
     # No access log (per-request logging costs throughput); handlers are cancelled when
     # their client goes away, so 1,000s of abandoned streams do not linger.
-    runner = web.AppRunner(app, access_log=None, handler_cancellation=True,
-                           shutdown_timeout=1.0)
+    runner = web.AppRunner(app, access_log=None, handler_cancellation=True, shutdown_timeout=1.0)
     await runner.setup()
     try:
         await web.SockSite(runner, sock, backlog=4096).start()
@@ -516,8 +631,9 @@ async def _serve(app: web.Application, sock: socket.socket, ready: Callable[[], 
 class FakeUpstream:
     """The fake server in a background thread on a free port: ``with FakeUpstream() as f:``."""
 
-    def __init__(self, config: FakeConfig | None = None, host: str = "127.0.0.1",
-                 **overrides: Any) -> None:
+    def __init__(
+        self, config: FakeConfig | None = None, host: str = "127.0.0.1", **overrides: Any
+    ) -> None:
         self.app = build_app((config or FakeConfig()).with_overrides(**overrides))
         self.host = host
         self.port = 0
@@ -553,8 +669,9 @@ class FakeUpstream:
     def start(self) -> FakeUpstream:
         sock = _listen(self.host, 0)
         self.port = sock.getsockname()[1]
-        self._thread = threading.Thread(target=self._run, args=(sock,), daemon=True,
-                                        name=f"fake-upstream-{self.port}")
+        self._thread = threading.Thread(
+            target=self._run, args=(sock,), daemon=True, name=f"fake-upstream-{self.port}"
+        )
         self._thread.start()
         if not self._ready.wait(15) or self._failure is not None:
             raise RuntimeError(f"fake upstream did not start: {self._failure!r}")
@@ -587,8 +704,9 @@ class FakeUpstream:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m gateway.fake_upstream",
-                                     description="Fake OpenAI/Anthropic upstream.")
+    parser = argparse.ArgumentParser(
+        prog="python -m gateway.fake_upstream", description="Fake OpenAI/Anthropic upstream."
+    )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
     parser.add_argument("--latency-ms", type=float, default=0.0)
@@ -600,8 +718,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--retry-after", type=int, default=2)
     args = parser.parse_args(argv)
     try:
-        config = FakeConfig(args.latency_ms, args.chunks, args.chunk_delay_ms,
-                            args.cached_tokens, args.error, args.error_times, args.retry_after)
+        config = FakeConfig(
+            args.latency_ms,
+            args.chunks,
+            args.chunk_delay_ms,
+            args.cached_tokens,
+            args.error,
+            args.error_times,
+            args.retry_after,
+        )
     except ValueError as exc:
         parser.error(str(exc))
     sock = _listen(args.host, args.port)
@@ -612,8 +737,12 @@ def main(argv: list[str] | None = None) -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        await _serve(build_app(config), sock,
-                     lambda: print(f"fake upstream listening on {url}", flush=True), stop)
+        await _serve(
+            build_app(config),
+            sock,
+            lambda: print(f"fake upstream listening on {url}", flush=True),
+            stop,
+        )
 
     with asyncio.Runner(loop_factory=_loop_factory()) as runner:
         runner.run(run())

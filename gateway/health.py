@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import time
 from collections.abc import Callable
@@ -32,10 +33,8 @@ def worker_heartbeat_write(hostname: str) -> None:
 
 
 def worker_heartbeat_clear(hostname: str) -> None:
-    try:
+    with contextlib.suppress(redis.RedisError):
         get_redis().zrem(key(*WORKERS_KEY), hostname)
-    except redis.RedisError:
-        pass
 
 
 def _timeout() -> float:
@@ -91,7 +90,9 @@ def check_worker() -> dict[str, Any]:
     finally:
         client.close()
     now = time.time()
-    alive = [score for _host, score in newest if now - score <= settings.TOLLGATE_WORKER_STALE_SECONDS]
+    alive = [
+        score for _host, score in newest if now - score <= settings.TOLLGATE_WORKER_STALE_SECONDS
+    ]
     if not alive:
         raise RuntimeError(
             f"no Celery worker heartbeat in the last {settings.TOLLGATE_WORKER_STALE_SECONDS}s"
@@ -113,7 +114,7 @@ async def _run(check: Callable[[], dict[str, Any]]) -> dict[str, Any]:
         extra = await asyncio.wait_for(asyncio.to_thread(check), timeout=_timeout())
     except TimeoutError:
         result: dict[str, Any] = {"status": "down", "error": f"timed out after {_timeout():g}s"}
-    except Exception as exc:  # noqa: BLE001 - any failure means the dependency is down
+    except Exception as exc:
         message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         result = {"status": "down", "error": f"{type(exc).__name__}: {message}"[:500]}
     else:

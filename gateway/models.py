@@ -195,3 +195,6 @@ class UsageRollup(models.Model):
             )
         ]
         indexes = [models.Index(fields=["org", "minute"], name="usage_rollup_org_minute")]
+
+    def __str__(self) -> str:
+        return f"{self.minute:%Y-%m-%d %H:%M} {self.org_id} {self.feature} {self.model}"

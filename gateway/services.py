@@ -32,7 +32,9 @@ def _price(entry: dict[str, Any], field: str) -> Decimal:
     try:
         value = Decimal(str(raw))
     except InvalidOperation:
-        raise PriceListError(f"model {entry.get('name')!r}: {field}={raw!r} is not a number") from None
+        raise PriceListError(
+            f"model {entry.get('name')!r}: {field}={raw!r} is not a number"
+        ) from None
     if value < 0 or value.as_tuple().exponent < -6:  # type: ignore[operator]
         raise PriceListError(
             f"model {entry.get('name')!r}: {field}={raw!r} must be >= 0 with at most 6 decimals"
@@ -64,9 +66,10 @@ def prices_load(
     models = data.get("models", [])
     for index, entry in enumerate(models, start=1):
         provider_name = entry.get("provider")
-        provider = providers.get(provider_name) or Provider.objects.filter(
-            org=None, name=provider_name
-        ).first()
+        provider = (
+            providers.get(provider_name)
+            or Provider.objects.filter(org=None, name=provider_name).first()
+        )
         if provider is None:
             raise PriceListError(f"model {entry.get('name')!r}: unknown provider {provider_name!r}")
         prices = {

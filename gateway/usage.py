@@ -28,10 +28,26 @@ GROUP = "usage-writers"
 CLAIM_IDLE_MS = 60_000
 
 COLUMNS = (
-    "request_id", "created_at", "org_id", "api_key_id", "feature", "model", "provider",
-    "endpoint", "stream", "status_code", "outcome", "error", "input_tokens",
-    "cached_input_tokens", "output_tokens", "usage_estimated", "cost_usd",
-    "upstream_latency_ms", "ttft_ms", "overhead_ms",
+    "request_id",
+    "created_at",
+    "org_id",
+    "api_key_id",
+    "feature",
+    "model",
+    "provider",
+    "endpoint",
+    "stream",
+    "status_code",
+    "outcome",
+    "error",
+    "input_tokens",
+    "cached_input_tokens",
+    "output_tokens",
+    "usage_estimated",
+    "cost_usd",
+    "upstream_latency_ms",
+    "ttft_ms",
+    "overhead_ms",
 )
 
 
@@ -73,7 +89,8 @@ def _insert(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         params.extend(row.get(column) for column in COLUMNS)
     placeholders = ", ".join(["(" + ", ".join(["%s"] * len(COLUMNS)) + ")"] * len(rows))
     sql = (
-        f"INSERT INTO gateway_usagerecord ({', '.join(COLUMNS)}) VALUES {placeholders} "
+        # Only placeholders and fixed column names are formatted in; values are parameters.
+        f"INSERT INTO gateway_usagerecord ({', '.join(COLUMNS)}) VALUES {placeholders} "  # noqa: S608
         "ON CONFLICT (request_id) DO NOTHING RETURNING request_id"
     )
     with connection.cursor() as cursor:
@@ -83,7 +100,9 @@ def _insert(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def _rollup(rows: list[dict[str, Any]]) -> None:
-    buckets: dict[tuple[Any, ...], list[Any]] = defaultdict(lambda: [0, 0, 0, 0, 0, Decimal(0), 0.0])
+    buckets: dict[tuple[Any, ...], list[Any]] = defaultdict(
+        lambda: [0, 0, 0, 0, 0, Decimal(0), 0.0]
+    )
     for row in rows:
         minute = row["created_at"].replace(second=0, microsecond=0)
         bucket = buckets[(minute, row.get("org_id"), row.get("feature", ""), row.get("model", ""))]
@@ -101,13 +120,14 @@ def _rollup(rows: list[dict[str, Any]]) -> None:
         params.extend([minute, org_id, feature, model, *sums])
     placeholders = ", ".join(["(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"] * len(buckets))
     sql = (
-        "INSERT INTO gateway_usagerollup (minute, org_id, feature, model, requests, errors, "
+        "INSERT INTO gateway_usagerollup (minute, org_id, feature, model, requests, errors, "  # noqa: S608
         "input_tokens, cached_input_tokens, output_tokens, cost_usd, upstream_latency_ms_sum) "
         f"VALUES {placeholders} ON CONFLICT ON CONSTRAINT usage_rollup_bucket DO UPDATE SET "
         "requests = gateway_usagerollup.requests + EXCLUDED.requests, "
         "errors = gateway_usagerollup.errors + EXCLUDED.errors, "
         "input_tokens = gateway_usagerollup.input_tokens + EXCLUDED.input_tokens, "
-        "cached_input_tokens = gateway_usagerollup.cached_input_tokens + EXCLUDED.cached_input_tokens, "
+        "cached_input_tokens = gateway_usagerollup.cached_input_tokens "
+        "+ EXCLUDED.cached_input_tokens, "
         "output_tokens = gateway_usagerollup.output_tokens + EXCLUDED.output_tokens, "
         "cost_usd = gateway_usagerollup.cost_usd + EXCLUDED.cost_usd, "
         "upstream_latency_ms_sum = gateway_usagerollup.upstream_latency_ms_sum "

@@ -48,12 +48,21 @@ class ApiKeyForm(forms.ModelForm):  # type: ignore[type-arg]
     class Meta:
         model = ApiKey
         fields = [
-            "org", "name", "default_feature", "allowed_features", "allowed_models", "expires_at",
+            "org",
+            "name",
+            "default_feature",
+            "allowed_features",
+            "allowed_models",
+            "expires_at",
         ]
 
     def clean(self) -> dict[str, Any]:
         data = super().clean() or {}
-        org = data.get("org") or getattr(self.instance, "org", None) or getattr(self, "scope_org", None)
+        org = (
+            data.get("org")
+            or getattr(self.instance, "org", None)
+            or getattr(self, "scope_org", None)
+        )
         models = data.get("allowed_models") or []
         if org is not None and any(m.org_id not in (None, org.pk) for m in models):
             self.add_error("allowed_models", "A key can only use shared models or its org's own.")
@@ -67,14 +76,31 @@ class ApiKeyForm(forms.ModelForm):  # type: ignore[type-arg]
 @admin.register(ApiKey)
 class ApiKeyAdmin(OrgScopedAdmin):
     form = ApiKeyForm
-    list_display = ["name", "display", "org", "status", "default_feature", "expires_at", "created_at"]
+    list_display = [
+        "name",
+        "display",
+        "org",
+        "status",
+        "default_feature",
+        "expires_at",
+        "created_at",
+    ]
     list_filter = ["org", ("revoked_at", admin.EmptyFieldListFilter)]
     search_fields = ["name", "prefix", "org__slug"]
-    readonly_fields = ["display", "status", "revoked_at", "created_by", "created_at", "last_used_at"]
+    readonly_fields = [
+        "display",
+        "status",
+        "revoked_at",
+        "created_by",
+        "created_at",
+        "last_used_at",
+    ]
     filter_horizontal = ["allowed_features", "allowed_models"]
     actions = ["revoke_selected"]
 
-    def get_form(self, request: HttpRequest, obj: Any = None, change: bool = False, **kwargs: Any) -> Any:
+    def get_form(
+        self, request: HttpRequest, obj: Any = None, change: bool = False, **kwargs: Any
+    ) -> Any:
         form = super().get_form(request, obj, change=change, **kwargs)
         form.scope_org = request_scope(request).org  # type: ignore[attr-defined]
         if obj is not None and "org" in form.base_fields:
@@ -116,7 +142,9 @@ class ApiKeyAdmin(OrgScopedAdmin):
             models=form.cleaned_data.get("allowed_models", []),
         )
 
-    def response_add(self, request: HttpRequest, obj: ApiKey, post_url_continue: str | None = None) -> HttpResponse:
+    def response_add(
+        self, request: HttpRequest, obj: ApiKey, post_url_continue: str | None = None
+    ) -> HttpResponse:
         raw = getattr(obj, "_raw_key", None)
         if raw is None:
             return super().response_add(request, obj, post_url_continue)

@@ -93,7 +93,12 @@ class OrganizationViewSet(viewsets.ModelViewSet):  # type: ignore[type-arg]
                 LlmModel.objects.filter(org=instance).delete()
                 instance.delete()
         except (ProtectedError, RestrictedError) as exc:
-            names = sorted({str(obj) for obj in getattr(exc, 'protected_objects', None) or exc.restricted_objects})[:10]
+            names = sorted(
+                {
+                    str(obj)
+                    for obj in getattr(exc, "protected_objects", None) or exc.restricted_objects
+                }
+            )[:10]
             raise InUse(f"Still in use by: {', '.join(names)}.") from None
 
 
@@ -175,9 +180,15 @@ class ApiKeySerializer(_ScopedSerializer):
         foreign = [m.pk for m in models if m.org_id not in (None, org.pk)]
         if foreign:
             raise serializers.ValidationError(
-                {"allowed_models": [f"Invalid pk \"{pk}\" - object does not exist." for pk in foreign]}
+                {
+                    "allowed_models": [
+                        f'Invalid pk "{pk}" - object does not exist.' for pk in foreign
+                    ]
+                }
             )
-        default = attrs.get("default_feature", self.instance.default_feature if self.instance else None)
+        default = attrs.get(
+            "default_feature", self.instance.default_feature if self.instance else None
+        )
         allowed = attrs.get(
             "allowed_features",
             list(self.instance.allowed_features.all()) if self.instance else [],
@@ -242,5 +253,7 @@ class ApiKeyViewSet(
     def revoke(self, request: Request, pk: str | None = None) -> Response:
         key = self.get_object()
         services.apikey_revoke(key=key, actor=request.user)
-        return Response(ApiKeySerializer(key, context=self.get_serializer_context()).data,
-                        status=status.HTTP_200_OK)
+        return Response(
+            ApiKeySerializer(key, context=self.get_serializer_context()).data,
+            status=status.HTTP_200_OK,
+        )

@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from django.db import IntegrityError, transaction
-from django.db.models.deletion import ProtectedError, RestrictedError
 from django.db.models import Model, QuerySet
+from django.db.models.deletion import ProtectedError, RestrictedError
 from rest_framework import serializers
 from rest_framework.exceptions import APIException, PermissionDenied
 from rest_framework.permissions import SAFE_METHODS, BasePermission
@@ -85,7 +85,12 @@ class TenantViewSetMixin:
         try:
             instance.delete()
         except (ProtectedError, RestrictedError) as exc:
-            names = sorted({str(obj) for obj in getattr(exc, 'protected_objects', None) or exc.restricted_objects})[:10]
+            names = sorted(
+                {
+                    str(obj)
+                    for obj in getattr(exc, "protected_objects", None) or exc.restricted_objects
+                }
+            )[:10]
             raise InUse(f"Still in use by: {', '.join(names)}.") from None
 
 

@@ -59,9 +59,7 @@ def admin_scope_for(*, user: AbstractBaseUser | AnonymousUser) -> AdminScope:
         return NOBODY
     if getattr(user, "is_superuser", False):
         return AdminScope(is_global=True, org=None, can_write=True)
-    membership = (
-        Membership.objects.select_related("org").filter(user_id=user.pk).first()
-    )
+    membership = Membership.objects.select_related("org").filter(user_id=user.pk).first()
     if membership is not None:
         if not membership.org.is_active:
             return NOBODY  # a deactivated org's people are locked out with it
@@ -80,9 +78,12 @@ def apikey_for_secret(*, raw: str) -> ApiKey | None:
     prefix = keys.parse_prefix(raw)
     if prefix is None:
         return None
-    key = ApiKey.objects.usable().select_related("org", "default_feature").filter(
-        prefix=prefix
-    ).first()
+    key = (
+        ApiKey.objects.usable()
+        .select_related("org", "default_feature")
+        .filter(prefix=prefix)
+        .first()
+    )
     if key is None or not keys.matches(raw, key.key_hash):
         return None
     return key

@@ -67,8 +67,11 @@ def _user(username: str, *, staff: bool = False, superuser: bool = False):  # ty
     from django.contrib.auth import get_user_model
 
     return get_user_model().objects.create_user(
-        username, f"{username}@example.test", "pw-" + uuid.uuid4().hex,
-        is_staff=staff or superuser, is_superuser=superuser,
+        username,
+        f"{username}@example.test",
+        "pw-" + uuid.uuid4().hex,
+        is_staff=staff or superuser,
+        is_superuser=superuser,
     )
 
 
@@ -127,8 +130,9 @@ def api_charlie(charlie) -> APIClient:  # type: ignore[no-untyped-def]
 
 @pytest.fixture
 def shared_provider(db: None) -> Provider:
-    provider = Provider(name="openai-shared", kind=Provider.Kind.OPENAI,
-                        base_url="http://127.0.0.1:9/v1")
+    provider = Provider(
+        name="openai-shared", kind=Provider.Kind.OPENAI, base_url="http://127.0.0.1:9/v1"
+    )
     provider.api_key = "sk-shared-secret"
     provider.save()
     return provider
@@ -137,8 +141,11 @@ def shared_provider(db: None) -> Provider:
 @pytest.fixture
 def shared_model(shared_provider: Provider) -> LlmModel:
     return LlmModel.objects.create(
-        name="gpt-4o-mini", provider=shared_provider, upstream_name="gpt-4o-mini",
-        input_price_per_million="0.15", output_price_per_million="0.60",
+        name="gpt-4o-mini",
+        provider=shared_provider,
+        upstream_name="gpt-4o-mini",
+        input_price_per_million="0.15",
+        output_price_per_million="0.60",
         cached_input_price_per_million="0.075",
     )
 
@@ -146,8 +153,12 @@ def shared_model(shared_provider: Provider) -> LlmModel:
 @pytest.fixture
 def org_a_model(org_a: Organization, shared_provider: Provider) -> LlmModel:
     return LlmModel.objects.create(
-        org=org_a, name="acme-private", provider=shared_provider, upstream_name="gpt-4o",
-        input_price_per_million="2.50", output_price_per_million="10.00",
+        org=org_a,
+        name="acme-private",
+        provider=shared_provider,
+        upstream_name="gpt-4o",
+        input_price_per_million="2.50",
+        output_price_per_million="10.00",
     )
 
 
@@ -176,8 +187,14 @@ class ServiceProcess:
     def __init__(self, argv: list[str], env: dict[str, str], log: Path) -> None:
         self.log = log
         self._file = open(log, "wb")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(argv, env=env, cwd=BASE_DIR, stdout=self._file,
-                                     stderr=subprocess.STDOUT, start_new_session=True)
+        self.proc = subprocess.Popen(
+            argv,
+            env=env,
+            cwd=BASE_DIR,
+            stdout=self._file,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -220,9 +237,19 @@ def start_gateway(tmp_path: Path) -> Iterator:  # type: ignore[type-arg]
     def start(**env: str) -> str:
         port = free_port()
         proc = ServiceProcess(
-            [sys.executable, "-m", "uvicorn", "gateway.asgi:application", "--host", "127.0.0.1",
-             "--port", str(port), "--no-access-log"],
-            service_env(**env), tmp_path / f"gateway-{port}.log",
+            [
+                sys.executable,
+                "-m",
+                "uvicorn",
+                "gateway.asgi:application",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--no-access-log",
+            ],
+            service_env(**env),
+            tmp_path / f"gateway-{port}.log",
         )
         started.append(proc)
         base = f"http://127.0.0.1:{port}"
@@ -242,9 +269,24 @@ def start_worker(tmp_path: Path) -> Iterator:  # type: ignore[type-arg]
     def start(**env: str) -> ServiceProcess:
         name = f"test-{uuid.uuid4().hex[:8]}@%h"
         proc = ServiceProcess(
-            [sys.executable, "-m", "celery", "-A", "gateway", "worker", "--loglevel", "INFO",
-             "--concurrency", "1", "--pool", "solo", "--hostname", name],
-            service_env(**env), tmp_path / f"worker-{len(started)}.log",
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "gateway",
+                "worker",
+                "--loglevel",
+                "INFO",
+                "--concurrency",
+                "1",
+                "--pool",
+                "solo",
+                "--hostname",
+                name,
+            ],
+            service_env(**env),
+            tmp_path / f"worker-{len(started)}.log",
         )
         started.append(proc)
         return proc

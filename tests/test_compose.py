@@ -42,8 +42,14 @@ def test_app_services_get_the_required_environment() -> None:
         service = compose["services"][name]
         assert required <= set(service["environment"]), name
         assert service["env_file"] == ".env"
-    for variable in ("SECRET_KEY", "TOLLGATE_ENCRYPTION_KEY", "DATABASE_URL", "REDIS_URL",
-                     "CELERY_BROKER_URL", "SENTRY_DSN"):
+    for variable in (
+        "SECRET_KEY",
+        "TOLLGATE_ENCRYPTION_KEY",
+        "DATABASE_URL",
+        "REDIS_URL",
+        "CELERY_BROKER_URL",
+        "SENTRY_DSN",
+    ):
         assert re.search(rf"^{variable}=", example, re.MULTILINE), variable
 
 

@@ -49,14 +49,32 @@ def _alive(pids: set[int]) -> set[int]:
 @pytest.mark.slow
 def test_make_run_serves_health_and_ctrl_c_stops_every_process(tmp_path: Path) -> None:
     port = free_port()
-    env = {k: v for k, v in os.environ.items()
-           if k not in {"DATABASE_URL", "REDIS_URL", "CELERY_BROKER_URL", "SECRET_KEY",
-                        "TOLLGATE_ENCRYPTION_KEY", "TOLLGATE_HOME", "MAKEFLAGS", "MAKELEVEL"}}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k
+        not in {
+            "DATABASE_URL",
+            "REDIS_URL",
+            "CELERY_BROKER_URL",
+            "SECRET_KEY",
+            "TOLLGATE_ENCRYPTION_KEY",
+            "TOLLGATE_HOME",
+            "MAKEFLAGS",
+            "MAKELEVEL",
+        }
+    }
     env.update(TOLLGATE_HOME=str(tmp_path / "home"), TOLLGATE_PORT=str(port))
     log = open(tmp_path / "make-run.log", "wb")  # noqa: SIM115
     # Its own process group, like a terminal's foreground job, so SIGINT reaches it as Ctrl-C would.
-    proc = subprocess.Popen(["make", "--no-print-directory", "run"], cwd=BASE_DIR, env=env,
-                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen(
+        ["make", "--no-print-directory", "run"],
+        cwd=BASE_DIR,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     seen: set[int] = set()
     try:
         deadline = time.monotonic() + BOOT_TIMEOUT_SECONDS
@@ -82,6 +100,22 @@ def test_make_run_serves_health_and_ctrl_c_stops_every_process(tmp_path: Path) -
         assert info["api_key"] in output
         assert f"http://127.0.0.1:{port}/admin/" in output
         assert info["password"] in output
+
+        # The printed example works: the demo key, through the gateway, to the fake provider.
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/v1/chat/completions",
+            data=json.dumps(
+                {"model": "demo-chat", "messages": [{"role": "user", "content": "Hello"}]}
+            ).encode(),
+            headers={
+                "Authorization": f"Bearer {info['api_key']}",
+                "Content-Type": "application/json",
+                "X-Tollgate-Feature": "chat",
+            },
+        )
+        with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310 - local URL
+            completion = json.loads(response.read())
+        assert completion["choices"][0]["message"]["content"]
 
         os.killpg(proc.pid, signal.SIGINT)
         proc.wait(60)

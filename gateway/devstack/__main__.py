@@ -100,7 +100,9 @@ class Stack:
     def write_state(self, **extra: object) -> None:
         state = {
             "supervisor_pid": os.getpid(),
-            "postgres_pid": self.postgres.process.pid if self.postgres and self.postgres.process else None,
+            "postgres_pid": self.postgres.process.pid
+            if self.postgres and self.postgres.process
+            else None,
             "postgres_port": self.postgres.port if self.postgres else None,
             "postgres_data": str(self.postgres.data_dir) if self.postgres else None,
             "redis_pid": self.redis.process.pid if self.redis and self.redis.process else None,
@@ -147,13 +149,15 @@ def _banner(home: Path, public_url: str) -> str:
         f"  curl {public_url}/v1/chat/completions \\",
         f"    -H 'Authorization: Bearer {key}' -H 'Content-Type: application/json' \\",
         "    -H 'X-Tollgate-Feature: chat' \\",
-        """    -d '{"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Hello"}]}'""",
+        """    -d '{"model": "demo-chat", "messages": [{"role": "user", "content": "Hello"}]}'""",
         "",
-        "  python -c \"from openai import OpenAI; "
+        '  python -c "from openai import OpenAI; '
         f"c = OpenAI(base_url='{public_url}/v1', api_key='{key}'); "
-        "print(c.chat.completions.create(model='gpt-4o-mini', "
+        "print(c.chat.completions.create(model='demo-chat', "
         "messages=[{'role': 'user', 'content': 'Hello'}]).choices[0].message.content)\"",
         "",
+        "demo-chat, demo-embedding and demo-claude are served by a local fake provider; add a",
+        "real provider and its key in the admin to call real models (e.g. gpt-4o-mini).",
         f"Logs of the embedded servers: {home / 'logs'}.  Ctrl-C stops everything.",
         "",
     ]
@@ -193,7 +197,30 @@ def cmd_run(args: argparse.Namespace) -> int:
         _say("applying migrations ...")
         _manage(env, "migrate", "--noinput", "-v", "0")
         _manage(env, "collectstatic", "--noinput", "-v", "0")
-        _manage(env, "tollgate_bootstrap", "--info-file", str(home / "first-run.json"))
+        bootstrap = ["tollgate_bootstrap", "--info-file", str(home / "first-run.json")]
+        fake: ManagedProcess | None = None
+        if env.get("TOLLGATE_FAKE_UPSTREAM", "true").lower() not in {"0", "false", "no", "off"}:
+            # A local stand-in provider, so the demo works with no provider key configured.
+            fake_port = free_port()
+            fake = ManagedProcess(
+                "fake-upstream",
+                [
+                    sys.executable,
+                    "-m",
+                    "gateway.fake_upstream",
+                    "--port",
+                    str(fake_port),
+                    "--chunks",
+                    "12",
+                    "--chunk-delay-ms",
+                    "40",
+                ],
+                log_path=home / "logs" / "fake-upstream.log",
+                env=env,
+                cwd=BASE_DIR,
+            )
+            bootstrap += ["--fake-upstream", f"http://127.0.0.1:{fake_port}"]
+        _manage(env, *bootstrap)
 
         workers = env.get("TOLLGATE_WEB_WORKERS", "1")
         celery = [sys.executable, "-m", "celery", "-A", "gateway"]
@@ -201,25 +228,57 @@ def cmd_run(args: argparse.Namespace) -> int:
             ManagedProcess(
                 "gateway",
                 [
-                    sys.executable, "-m", "uvicorn", "gateway.asgi:application",
-                    "--host", "127.0.0.1", "--port", str(port), "--workers", workers,
-                    "--no-access-log", "--timeout-graceful-shutdown", "10",
+                    sys.executable,
+                    "-m",
+                    "uvicorn",
+                    "gateway.asgi:application",
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(port),
+                    "--workers",
+                    workers,
+                    "--no-access-log",
+                    "--timeout-graceful-shutdown",
+                    "10",
                 ],
-                log_path=None, env=env, cwd=BASE_DIR,
+                log_path=None,
+                env=env,
+                cwd=BASE_DIR,
             ),
             ManagedProcess(
                 "worker",
-                [*celery, "worker", "--loglevel", "INFO", "--concurrency", "2",
-                 "--hostname", f"worker-{os.getpid()}@%h"],
-                log_path=None, env=env, cwd=BASE_DIR,
+                [
+                    *celery,
+                    "worker",
+                    "--loglevel",
+                    "INFO",
+                    "--concurrency",
+                    "2",
+                    "--hostname",
+                    f"worker-{os.getpid()}@%h",
+                ],
+                log_path=None,
+                env=env,
+                cwd=BASE_DIR,
             ),
             ManagedProcess(
                 "beat",
-                [*celery, "beat", "--loglevel", "INFO",
-                 "--schedule", str(home / "celerybeat-schedule")],
-                log_path=None, env=env, cwd=BASE_DIR,
+                [
+                    *celery,
+                    "beat",
+                    "--loglevel",
+                    "INFO",
+                    "--schedule",
+                    str(home / "celerybeat-schedule"),
+                ],
+                log_path=None,
+                env=env,
+                cwd=BASE_DIR,
             ),
         ]
+        if fake is not None:
+            stack.children.append(fake)
         for child in stack.children:
             if stopping:
                 break
@@ -287,13 +346,19 @@ def _default_sigint() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m gateway.devstack", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m gateway.devstack",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sub = parser.add_subparsers(dest="action", required=True)
     sub.add_parser("run", help="run the whole local stack until Ctrl-C").set_defaults(func=cmd_run)
     exec_parser = sub.add_parser("exec", help="run one command with the servers it needs")
-    exec_parser.add_argument("--ephemeral", action="store_true",
-                             help="throwaway servers and secrets in a temporary directory")
+    exec_parser.add_argument(
+        "--ephemeral",
+        action="store_true",
+        help="throwaway servers and secrets in a temporary directory",
+    )
     exec_parser.add_argument("command", nargs=argparse.REMAINDER)
     exec_parser.set_defaults(func=cmd_exec)
     args = parser.parse_args(argv)

@@ -264,7 +264,14 @@ class EmbeddedPostgres:
             "listen_addresses=127.0.0.1",
         ]
         if not self.durable:
-            argv += ["-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off"]
+            argv += [
+                "-c",
+                "fsync=off",
+                "-c",
+                "synchronous_commit=off",
+                "-c",
+                "full_page_writes=off",
+            ]
         if entry is not None:
             self.log_path.parent.mkdir(parents=True, exist_ok=True)
             self.log_path.touch()

@@ -5,44 +5,71 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     initial = True
 
     dependencies = [
-        ('gateway', '0001_initial'),
-        ('policies', '0001_initial'),
+        ("gateway", "0001_initial"),
+        ("policies", "0001_initial"),
     ]
 
     operations = [
         migrations.AddField(
-            model_name='llmmodel',
-            name='org',
-            field=models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.CASCADE, related_name='models', to='policies.organization'),
+            model_name="llmmodel",
+            name="org",
+            field=models.ForeignKey(
+                blank=True,
+                null=True,
+                on_delete=django.db.models.deletion.CASCADE,
+                related_name="models",
+                to="policies.organization",
+            ),
         ),
         migrations.AddField(
-            model_name='provider',
-            name='org',
-            field=models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.CASCADE, related_name='providers', to='policies.organization'),
+            model_name="provider",
+            name="org",
+            field=models.ForeignKey(
+                blank=True,
+                null=True,
+                on_delete=django.db.models.deletion.CASCADE,
+                related_name="providers",
+                to="policies.organization",
+            ),
         ),
         migrations.AddField(
-            model_name='llmmodel',
-            name='provider',
-            field=models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='models', to='gateway.provider'),
+            model_name="llmmodel",
+            name="provider",
+            field=models.ForeignKey(
+                on_delete=django.db.models.deletion.PROTECT,
+                related_name="models",
+                to="gateway.provider",
+            ),
         ),
         migrations.AddConstraint(
-            model_name='provider',
-            constraint=models.UniqueConstraint(condition=models.Q(('org__isnull', True)), fields=('name',), name='provider_name_unique_shared'),
+            model_name="provider",
+            constraint=models.UniqueConstraint(
+                condition=models.Q(("org__isnull", True)),
+                fields=("name",),
+                name="provider_name_unique_shared",
+            ),
         ),
         migrations.AddConstraint(
-            model_name='provider',
-            constraint=models.UniqueConstraint(fields=('org', 'name'), name='provider_name_unique_per_org'),
+            model_name="provider",
+            constraint=models.UniqueConstraint(
+                fields=("org", "name"), name="provider_name_unique_per_org"
+            ),
         ),
         migrations.AddConstraint(
-            model_name='llmmodel',
-            constraint=models.UniqueConstraint(condition=models.Q(('org__isnull', True)), fields=('name',), name='model_name_unique_shared'),
+            model_name="llmmodel",
+            constraint=models.UniqueConstraint(
+                condition=models.Q(("org__isnull", True)),
+                fields=("name",),
+                name="model_name_unique_shared",
+            ),
         ),
         migrations.AddConstraint(
-            model_name='llmmodel',
-            constraint=models.UniqueConstraint(fields=('org', 'name'), name='model_name_unique_per_org'),
+            model_name="llmmodel",
+            constraint=models.UniqueConstraint(
+                fields=("org", "name"), name="model_name_unique_per_org"
+            ),
         ),
     ]

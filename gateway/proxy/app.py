@@ -67,8 +67,11 @@ class Call:
 
     def __post_init__(self) -> None:
         self.event = UsageEvent(
-            request_id=self.request_id, created_at=time.time(),
-            endpoint=self.scope["path"].removeprefix("/v1/")[:32], status_code=0, outcome="ok",
+            request_id=self.request_id,
+            created_at=time.time(),
+            endpoint=self.scope["path"].removeprefix("/v1/")[:32],
+            status_code=0,
+            outcome="ok",
         )
 
 
@@ -95,12 +98,17 @@ class ProxyApp:
             if route is None and path.startswith("/v1/models/"):
                 route = ("GET", self.retrieve_model)
             if route is None:
-                raise ProxyError(404, f"Unknown endpoint: {scope['method']} {path}",
-                                 code="unknown_url")
+                raise ProxyError(
+                    404, f"Unknown endpoint: {scope['method']} {path}", code="unknown_url"
+                )
             method, handler = route
             if scope["method"] != method:
-                raise ProxyError(405, f"Method {scope['method']} is not allowed on {path}; use {method}.",
-                                 code="method_not_allowed", headers=[(b"allow", method.encode())])
+                raise ProxyError(
+                    405,
+                    f"Method {scope['method']} is not allowed on {path}; use {method}.",
+                    code="method_not_allowed",
+                    headers=[(b"allow", method.encode())],
+                )
             await handler(call)
         except ProxyError as exc:
             await self._send_error(call, exc)
@@ -109,8 +117,9 @@ class ProxyApp:
             call.event.status_code = 499
         except Exception:
             log.exception("request %s failed", request_id)
-            await self._send_error(call, ProxyError(500, "Internal gateway error.",
-                                                    outcome="upstream_error"))
+            await self._send_error(
+                call, ProxyError(500, "Internal gateway error.", outcome="upstream_error")
+            )
         finally:
             total = time.perf_counter() - call.started
             call.event.overhead_ms = round((total - call.upstream_seconds) * 1000, 3)
@@ -122,8 +131,12 @@ class ProxyApp:
         call.event.error = exc.message[:300]
         if call.response_started:
             return  # mid-stream: the stream just ends
-        await send_response(call.send, exc.status, exc.render(call.anthropic),
-                            [(b"x-request-id", call.request_id.encode()), *exc.headers])
+        await send_response(
+            call.send,
+            exc.status,
+            exc.render(call.anthropic),
+            [(b"x-request-id", call.request_id.encode()), *exc.headers],
+        )
 
     # --- shared steps -------------------------------------------------------------------
 
@@ -138,19 +151,27 @@ class ProxyApp:
         if raw is None:
             raw = call.headers.get(b"x-api-key")
         if not raw:
-            raise ProxyError(401, "Missing API key: send 'Authorization: Bearer <key>'.",
-                             code="missing_api_key", outcome="auth_error")
+            raise ProxyError(
+                401,
+                "Missing API key: send 'Authorization: Bearer <key>'.",
+                code="missing_api_key",
+                outcome="auth_error",
+            )
         text = raw.decode("latin-1")
         prefix = keys.parse_prefix(text)
         if prefix is None:
-            raise ProxyError(401, "Malformed API key.", code="invalid_api_key", outcome="auth_error")
+            raise ProxyError(
+                401, "Malformed API key.", code="invalid_api_key", outcome="auth_error"
+            )
         key = catalog.keys.get(prefix)
         if key is None or not keys.matches(text, key.key_hash):
-            raise ProxyError(401, "Invalid or revoked API key.", code="invalid_api_key",
-                             outcome="auth_error")
+            raise ProxyError(
+                401, "Invalid or revoked API key.", code="invalid_api_key", outcome="auth_error"
+            )
         if key.expires_at is not None and key.expires_at <= time.time():
-            raise ProxyError(401, "This API key has expired.", code="expired_api_key",
-                             outcome="auth_error")
+            raise ProxyError(
+                401, "This API key has expired.", code="expired_api_key", outcome="auth_error"
+            )
         call.event.org_id = key.org_id
         call.event.api_key_id = key.id
         return catalog, key
@@ -160,58 +181,103 @@ class ProxyApp:
         name = given.decode("latin-1").strip() if given else key.default_feature
         if not name:
             if key.allowed_features is not None:
-                raise ProxyError(403, "This key must name its feature in X-Tollgate-Feature.",
-                                 code="feature_required", outcome="auth_error")
+                raise ProxyError(
+                    403,
+                    "This key must name its feature in X-Tollgate-Feature.",
+                    code="feature_required",
+                    outcome="auth_error",
+                )
             return ""
         if name not in catalog.features:
-            raise ProxyError(400, f"Unknown feature {name[:64]!r}.", param="X-Tollgate-Feature",
-                             code="unknown_feature")
+            raise ProxyError(
+                400,
+                f"Unknown feature {name[:64]!r}.",
+                param="X-Tollgate-Feature",
+                code="unknown_feature",
+            )
         if key.allowed_features is not None and name not in key.allowed_features:
-            raise ProxyError(403, f"This key may not be used for feature {name!r}.",
-                             code="feature_not_allowed", outcome="auth_error")
+            raise ProxyError(
+                403,
+                f"This key may not be used for feature {name!r}.",
+                code="feature_not_allowed",
+                outcome="auth_error",
+            )
         call.event.feature = name
         return name
 
-    def _model(self, call: Call, catalog: Catalog, key: KeyInfo, name: str, *, mode: str,
-               kinds: frozenset[str]) -> ModelInfo:
+    def _model(
+        self,
+        call: Call,
+        catalog: Catalog,
+        key: KeyInfo,
+        name: str,
+        *,
+        mode: str,
+        kinds: frozenset[str],
+    ) -> ModelInfo:
         model = catalog.model_for(key.org_id, name)
         if model is None:
-            raise ProxyError(404, f"The model `{name[:200]}` does not exist or you do not have "
-                             "access to it.", code="model_not_found", param="model")
+            raise ProxyError(
+                404,
+                f"The model `{name[:200]}` does not exist or you do not have access to it.",
+                code="model_not_found",
+                param="model",
+            )
         if key.allowed_models is not None and model.id not in key.allowed_models:
-            raise ProxyError(403, f"This key may not use the model `{name}`.",
-                             code="model_not_allowed", param="model", outcome="auth_error")
+            raise ProxyError(
+                403,
+                f"This key may not use the model `{name}`.",
+                code="model_not_allowed",
+                param="model",
+                outcome="auth_error",
+            )
         if model.mode != mode:
-            raise ProxyError(400, f"The model `{name}` is a {model.mode} model and cannot be used "
-                             "on this endpoint.", code="wrong_model_type", param="model")
+            raise ProxyError(
+                400,
+                f"The model `{name}` is a {model.mode} model and cannot be used on this endpoint.",
+                code="wrong_model_type",
+                param="model",
+            )
         if model.provider.kind not in kinds:
-            endpoint = "/v1/messages" if model.provider.kind == "anthropic" else "/v1/chat/completions"
-            raise ProxyError(400, f"The model `{name}` is served by a {model.provider.kind} "
-                             f"provider; call it on {endpoint}.", code="wrong_endpoint",
-                             param="model")
+            endpoint = (
+                "/v1/messages" if model.provider.kind == "anthropic" else "/v1/chat/completions"
+            )
+            raise ProxyError(
+                400,
+                f"The model `{name}` is served by a {model.provider.kind} "
+                f"provider; call it on {endpoint}.",
+                code="wrong_endpoint",
+                param="model",
+            )
         call.model = model
         call.event.model = model.name
         call.event.provider = model.provider.name
         return model
 
     async def _json_body(self, call: Call) -> dict[str, Any]:
-        body = await read_body(call.receive, settings.TOLLGATE_MAX_BODY_BYTES,
-                               call.headers.get(b"content-length"))
+        body = await read_body(
+            call.receive, settings.TOLLGATE_MAX_BODY_BYTES, call.headers.get(b"content-length")
+        )
         try:
             data = json.loads(body)
         except (ValueError, UnicodeDecodeError):
-            raise ProxyError(400, "We could not parse the JSON body of your request.",
-                             code="invalid_json") from None
+            raise ProxyError(
+                400, "We could not parse the JSON body of your request.", code="invalid_json"
+            ) from None
         if not isinstance(data, dict):
             raise ProxyError(400, "The request body must be a JSON object.", code="invalid_body")
         return data
 
     def _upstream_headers(self, call: Call, provider: Any) -> dict[str, str]:
-        headers = {"content-type": "application/json", "x-request-id": call.request_id,
-                   "user-agent": "tollgate/0.1"}
+        headers = {
+            "content-type": "application/json",
+            "x-request-id": call.request_id,
+            "user-agent": "tollgate/0.1",
+        }
         if provider.kind == "anthropic":
-            headers["anthropic-version"] = call.headers.get(b"anthropic-version",
-                                                            ANTHROPIC_VERSION).decode("latin-1")
+            headers["anthropic-version"] = call.headers.get(
+                b"anthropic-version", ANTHROPIC_VERSION
+            ).decode("latin-1")
             beta = call.headers.get(b"anthropic-beta")
             if beta:
                 headers["anthropic-beta"] = beta.decode("latin-1")
@@ -229,8 +295,16 @@ class ProxyApp:
 
     # --- relaying -----------------------------------------------------------------------
 
-    async def _relay(self, call: Call, url: str, payload: dict[str, Any], *, stream: bool,
-                     estimate: Usage, strip_usage: bool = False) -> None:
+    async def _relay(
+        self,
+        call: Call,
+        url: str,
+        payload: dict[str, Any],
+        *,
+        stream: bool,
+        estimate: Usage,
+        strip_usage: bool = False,
+    ) -> None:
         model = call.model
         assert model is not None
         call.event.stream = stream
@@ -240,10 +314,13 @@ class ProxyApp:
         try:
             response = await upstream.session().post(url, data=body, headers=headers)
         except TimeoutError:
-            raise self._upstream_failure(call, sent_at, 504, "The provider did not answer in time.") from None
+            raise self._upstream_failure(
+                call, sent_at, 504, "The provider did not answer in time."
+            ) from None
         except aiohttp.ClientError as exc:
-            raise self._upstream_failure(call, sent_at, 502,
-                                         f"Could not reach the provider: {type(exc).__name__}.") from None
+            raise self._upstream_failure(
+                call, sent_at, 502, f"Could not reach the provider: {type(exc).__name__}."
+            ) from None
         try:
             if response.status >= 400:
                 data = await self._read(response, call, sent_at)
@@ -260,73 +337,105 @@ class ProxyApp:
         try:
             data = await response.read()
         except TimeoutError:
-            raise self._upstream_failure(call, sent_at, 504, "The provider did not answer in time.") from None
+            raise self._upstream_failure(
+                call, sent_at, 504, "The provider did not answer in time."
+            ) from None
         except aiohttp.ClientError as exc:
-            raise self._upstream_failure(call, sent_at, 502,
-                                         f"The provider connection failed: {type(exc).__name__}.") from None
+            raise self._upstream_failure(
+                call, sent_at, 502, f"The provider connection failed: {type(exc).__name__}."
+            ) from None
         call.upstream_seconds = time.perf_counter() - sent_at
         call.event.upstream_latency_ms = round(call.upstream_seconds * 1000, 3)
         return data
 
-    def _upstream_failure(self, call: Call, sent_at: float, status: int, message: str) -> ProxyError:
+    def _upstream_failure(
+        self, call: Call, sent_at: float, status: int, message: str
+    ) -> ProxyError:
         call.upstream_seconds = time.perf_counter() - sent_at
         call.event.upstream_latency_ms = round(call.upstream_seconds * 1000, 3)
         code = "upstream_timeout" if status == 504 else "upstream_unreachable"
         return ProxyError(status, message, code=code, outcome="upstream_error")
 
-    def _provider_error(self, call: Call, response: aiohttp.ClientResponse, data: bytes) -> ProxyError:
+    def _provider_error(
+        self, call: Call, response: aiohttp.ClientResponse, data: bytes
+    ) -> ProxyError:
         extra: Headers = []
         retry_after = response.headers.get("retry-after")
         if retry_after:
             extra.append((b"retry-after", retry_after.encode("latin-1")))
         provider = call.model.provider.name if call.model else "provider"
         if response.status >= 500:
-            return ProxyError(502, f"The provider {provider} failed with status {response.status}.",
-                              code="upstream_error", outcome="upstream_error", headers=extra)
+            return ProxyError(
+                502,
+                f"The provider {provider} failed with status {response.status}.",
+                code="upstream_error",
+                outcome="upstream_error",
+                headers=extra,
+            )
         try:
             parsed = json.loads(data)
         except ValueError:
             parsed = None
         shaped = isinstance(parsed, dict) and (
-            (call.anthropic and parsed.get("type") == "error") or
-            (not call.anthropic and isinstance(parsed.get("error"), dict))
+            (call.anthropic and parsed.get("type") == "error")
+            or (not call.anthropic and isinstance(parsed.get("error"), dict))
         )
         message = f"The provider {provider} rejected the request with status {response.status}."
-        return ProxyError(response.status, message, code="upstream_rejected",
-                          outcome="upstream_error", headers=extra, body=data if shaped else None)
+        return ProxyError(
+            response.status,
+            message,
+            code="upstream_rejected",
+            outcome="upstream_error",
+            headers=extra,
+            body=data if shaped else None,
+        )
 
-    def _finish_plain(self, call: Call, response: aiohttp.ClientResponse, data: bytes,
-                      estimate: Usage) -> None:
+    def _finish_plain(
+        self, call: Call, response: aiohttp.ClientResponse, data: bytes, estimate: Usage
+    ) -> None:
         try:
             parsed = json.loads(data)
         except ValueError:
             parsed = None
         usage = None
         if isinstance(parsed, dict):
-            usage = (upstream.anthropic_usage(parsed.get("usage")) if call.anthropic
-                     else upstream.openai_usage(parsed.get("usage")))
+            usage = (
+                upstream.anthropic_usage(parsed.get("usage"))
+                if call.anthropic
+                else upstream.openai_usage(parsed.get("usage"))
+            )
         if usage is None:
             usage = estimate
         cost = call.event.apply(call.model, usage)
         call.event.status_code = response.status
         call.plain = (response.status, data, cost)
 
-    async def _stream(self, call: Call, response: aiohttp.ClientResponse, sent_at: float,
-                      estimate: Usage, strip_usage: bool) -> None:
+    async def _stream(
+        self,
+        call: Call,
+        response: aiohttp.ClientResponse,
+        sent_at: float,
+        estimate: Usage,
+        strip_usage: bool,
+    ) -> None:
         parser: upstream.OpenAIStream | upstream.AnthropicStream = (
-            upstream.AnthropicStream() if call.anthropic else upstream.OpenAIStream(strip_usage=strip_usage)
+            upstream.AnthropicStream()
+            if call.anthropic
+            else upstream.OpenAIStream(strip_usage=strip_usage)
         )
         call.upstream_seconds = time.perf_counter() - sent_at
-        await call.send({
-            "type": "http.response.start",
-            "status": 200,
-            "headers": [
-                (b"content-type", b"text/event-stream; charset=utf-8"),
-                (b"cache-control", b"no-cache"),
-                (b"x-accel-buffering", b"no"),
-                (b"x-request-id", call.request_id.encode()),
-            ],
-        })
+        await call.send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [
+                    (b"content-type", b"text/event-stream; charset=utf-8"),
+                    (b"cache-control", b"no-cache"),
+                    (b"x-accel-buffering", b"no"),
+                    (b"x-request-id", call.request_id.encode()),
+                ],
+            }
+        )
         call.response_started = True
         call.event.status_code = 200
         pump = asyncio.ensure_future(self._pump(call, response, parser, sent_at))
@@ -345,12 +454,20 @@ class ProxyApp:
         call.event.upstream_latency_ms = round((time.perf_counter() - sent_at) * 1000, 3)
         usage = parser.usage
         if usage is None:
-            usage = Usage(input_tokens=estimate.input_tokens,
-                          output_tokens=parser.content_events, estimated=True)
+            usage = Usage(
+                input_tokens=estimate.input_tokens,
+                output_tokens=parser.content_events,
+                estimated=True,
+            )
         call.event.apply(call.model, usage)
 
-    async def _pump(self, call: Call, response: aiohttp.ClientResponse,
-                    parser: upstream.OpenAIStream | upstream.AnthropicStream, sent_at: float) -> None:
+    async def _pump(
+        self,
+        call: Call,
+        response: aiohttp.ClientResponse,
+        parser: upstream.OpenAIStream | upstream.AnthropicStream,
+        sent_at: float,
+    ) -> None:
         first = True
         try:
             async for data in response.content.iter_any():
@@ -370,10 +487,15 @@ class ProxyApp:
     async def _answer_plain(self, call: Call) -> None:
         assert call.plain is not None
         status, data, cost = call.plain
-        await send_response(call.send, status, data, [
-            (b"x-request-id", call.request_id.encode()),
-            (b"x-tollgate-cost-usd", _money(cost)),
-        ])
+        await send_response(
+            call.send,
+            status,
+            data,
+            [
+                (b"x-request-id", call.request_id.encode()),
+                (b"x-tollgate-cost-usd", _money(cost)),
+            ],
+        )
 
     # --- endpoints ----------------------------------------------------------------------
 
@@ -383,19 +505,28 @@ class ProxyApp:
         name = _require_str(data, "model")
         messages = data.get("messages")
         if not isinstance(messages, list) or not messages:
-            raise ProxyError(400, "'messages' must be a non-empty array.", param="messages",
-                             code="invalid_type")
+            raise ProxyError(
+                400, "'messages' must be a non-empty array.", param="messages", code="invalid_type"
+            )
         for index, message in enumerate(messages):
             if not isinstance(message, dict) or not isinstance(message.get("role"), str):
-                raise ProxyError(400, f"'messages[{index}]' must be an object with a 'role'.",
-                                 param=f"messages[{index}]", code="invalid_type")
+                raise ProxyError(
+                    400,
+                    f"'messages[{index}]' must be an object with a 'role'.",
+                    param=f"messages[{index}]",
+                    code="invalid_type",
+                )
         stream = _optional_bool(data, "stream")
         for field_name in ("max_tokens", "max_completion_tokens"):
             _optional_positive_int(data, field_name)
         options = data.get("stream_options")
         if options is not None and not isinstance(options, dict):
-            raise ProxyError(400, "'stream_options' must be an object.", param="stream_options",
-                             code="invalid_type")
+            raise ProxyError(
+                400,
+                "'stream_options' must be an object.",
+                param="stream_options",
+                code="invalid_type",
+            )
         self._feature(call, catalog, key)
         model = self._model(call, catalog, key, name, mode="chat", kinds=OPENAI_KINDS)
         payload = dict(data, model=model.upstream_name)
@@ -404,8 +535,14 @@ class ProxyApp:
             # Always ask for usage so streamed calls are counted exactly.
             payload["stream_options"] = {**(options or {}), "include_usage": True}
         estimate = Usage(input_tokens=_estimate_tokens(messages), estimated=True)
-        await self._relay(call, self._url(model.provider, "/chat/completions"), payload,
-                          stream=stream, estimate=estimate, strip_usage=not wants_usage)
+        await self._relay(
+            call,
+            self._url(model.provider, "/chat/completions"),
+            payload,
+            stream=stream,
+            estimate=estimate,
+            strip_usage=not wants_usage,
+        )
         if not call.response_started:
             await self._answer_plain(call)
 
@@ -414,19 +551,33 @@ class ProxyApp:
         data = await self._json_body(call)
         name = _require_str(data, "model")
         given = data.get("input")
-        valid = isinstance(given, str) and given or (
-            isinstance(given, list) and given
-            and all(isinstance(i, str) or (isinstance(i, int) and not isinstance(i, bool)) or
-                    (isinstance(i, list) and all(isinstance(t, int) for t in i)) for i in given)
+        valid = (isinstance(given, str) and given) or (
+            isinstance(given, list)
+            and given
+            and all(
+                isinstance(i, str)
+                or (isinstance(i, int) and not isinstance(i, bool))
+                or (isinstance(i, list) and all(isinstance(t, int) for t in i))
+                for i in given
+            )
         )
         if not valid:
-            raise ProxyError(400, "'input' must be a non-empty string or array.", param="input",
-                             code="invalid_type")
+            raise ProxyError(
+                400,
+                "'input' must be a non-empty string or array.",
+                param="input",
+                code="invalid_type",
+            )
         self._feature(call, catalog, key)
         model = self._model(call, catalog, key, name, mode="embedding", kinds=OPENAI_KINDS)
         estimate = Usage(input_tokens=_estimate_tokens(given), estimated=True)
-        await self._relay(call, self._url(model.provider, "/embeddings"),
-                          dict(data, model=model.upstream_name), stream=False, estimate=estimate)
+        await self._relay(
+            call,
+            self._url(model.provider, "/embeddings"),
+            dict(data, model=model.upstream_name),
+            stream=False,
+            estimate=estimate,
+        )
         await self._answer_plain(call)
 
     async def messages(self, call: Call) -> None:
@@ -434,18 +585,27 @@ class ProxyApp:
         data = await self._json_body(call)
         name = _require_str(data, "model")
         if _optional_positive_int(data, "max_tokens") is None:
-            raise ProxyError(400, "'max_tokens' is required.", param="max_tokens",
-                             code="missing_field")
+            raise ProxyError(
+                400, "'max_tokens' is required.", param="max_tokens", code="missing_field"
+            )
         messages = data.get("messages")
         if not isinstance(messages, list) or not messages:
-            raise ProxyError(400, "'messages' must be a non-empty array.", param="messages",
-                             code="invalid_type")
+            raise ProxyError(
+                400, "'messages' must be a non-empty array.", param="messages", code="invalid_type"
+            )
         stream = _optional_bool(data, "stream")
         self._feature(call, catalog, key)
         model = self._model(call, catalog, key, name, mode="chat", kinds=frozenset({"anthropic"}))
-        estimate = Usage(input_tokens=_estimate_tokens([data.get("system"), messages]), estimated=True)
-        await self._relay(call, self._url(model.provider, "/messages"),
-                          dict(data, model=model.upstream_name), stream=stream, estimate=estimate)
+        estimate = Usage(
+            input_tokens=_estimate_tokens([data.get("system"), messages]), estimated=True
+        )
+        await self._relay(
+            call,
+            self._url(model.provider, "/messages"),
+            dict(data, model=model.upstream_name),
+            stream=stream,
+            estimate=estimate,
+        )
         if not call.response_started:
             await self._answer_plain(call)
 
@@ -453,19 +613,28 @@ class ProxyApp:
         catalog, key = await self._authenticate(call)
         body = {"object": "list", "data": [_model_json(m) for m in catalog.models_for(key)]}
         call.event.status_code = 200
-        await send_response(call.send, 200, json.dumps(body).encode(),
-                            [(b"x-request-id", call.request_id.encode())])
+        await send_response(
+            call.send, 200, json.dumps(body).encode(), [(b"x-request-id", call.request_id.encode())]
+        )
 
     async def retrieve_model(self, call: Call) -> None:
         catalog, key = await self._authenticate(call)
         name = call.scope["path"].removeprefix("/v1/models/")
         match = [m for m in catalog.models_for(key) if m.name == name]
         if not match:
-            raise ProxyError(404, f"The model `{name[:200]}` does not exist or you do not have "
-                             "access to it.", code="model_not_found", param="model")
+            raise ProxyError(
+                404,
+                f"The model `{name[:200]}` does not exist or you do not have access to it.",
+                code="model_not_found",
+                param="model",
+            )
         call.event.status_code = 200
-        await send_response(call.send, 200, json.dumps(_model_json(match[0])).encode(),
-                            [(b"x-request-id", call.request_id.encode())])
+        await send_response(
+            call.send,
+            200,
+            json.dumps(_model_json(match[0])).encode(),
+            [(b"x-request-id", call.request_id.encode())],
+        )
 
     async def close(self) -> None:
         await self.catalog.close()
@@ -489,8 +658,9 @@ def _require_str(data: dict[str, Any], name: str) -> str:
     if value is None:
         raise ProxyError(400, f"'{name}' is required.", param=name, code="missing_field")
     if not isinstance(value, str) or not value:
-        raise ProxyError(400, f"'{name}' must be a non-empty string.", param=name,
-                         code="invalid_type")
+        raise ProxyError(
+            400, f"'{name}' must be a non-empty string.", param=name, code="invalid_type"
+        )
     return value
 
 
@@ -508,8 +678,9 @@ def _optional_positive_int(data: dict[str, Any], name: str) -> int | None:
     if value is None:
         return None
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ProxyError(400, f"'{name}' must be a positive integer.", param=name,
-                         code="invalid_type")
+        raise ProxyError(
+            400, f"'{name}' must be a positive integer.", param=name, code="invalid_type"
+        )
     return value
 
 

@@ -80,9 +80,7 @@ class Catalog:
     def models_for(self, key: KeyInfo) -> list[ModelInfo]:
         visible: dict[str, ModelInfo] = {}
         for (org_id, name), model in self.models.items():
-            if org_id is None and name not in visible:
-                visible[name] = model
-            elif org_id == key.org_id:
+            if (org_id is None and name not in visible) or org_id == key.org_id:
                 visible[name] = model
         allowed = key.allowed_models
         return sorted(
@@ -108,8 +106,14 @@ def load_catalog() -> Catalog:
             if provider is None:
                 continue
             models[(m.org_id, m.name)] = ModelInfo(
-                m.pk, m.name, m.org_id, m.mode, m.upstream_name, provider,
-                m.input_price_per_million, m.output_price_per_million,
+                m.pk,
+                m.name,
+                m.org_id,
+                m.mode,
+                m.upstream_name,
+                provider,
+                m.input_price_per_million,
+                m.output_price_per_million,
                 m.cached_input_price_per_million,
             )
         keys: dict[str, KeyInfo] = {}
@@ -142,8 +146,9 @@ def config_changed() -> None:
             get_redis().incr(key(*VERSION_KEY))
         except redis.RedisError:
             # Processes still reload within FORCED_RELOAD_SECONDS.
-            log.warning("could not publish a config change; it applies within %ss",
-                        FORCED_RELOAD_SECONDS)
+            log.warning(
+                "could not publish a config change; it applies within %ss", FORCED_RELOAD_SECONDS
+            )
 
     transaction.on_commit(bump)
 
@@ -184,7 +189,10 @@ class CatalogCache:
             await asyncio.sleep(REFRESH_SECONDS)
             try:
                 version = await self._read_version()
-                stale = self.catalog is None or time.time() - self.catalog.loaded_at > FORCED_RELOAD_SECONDS
+                stale = (
+                    self.catalog is None
+                    or time.time() - self.catalog.loaded_at > FORCED_RELOAD_SECONDS
+                )
                 if version != self.version or stale:
                     self.catalog = await asyncio.to_thread(load_catalog)
                     self.version = version

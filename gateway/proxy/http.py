@@ -83,7 +83,14 @@ class ProxyError(Exception):
             ).encode()
         kind = self.error_type or _OPENAI_TYPES.get(self.status, "invalid_request_error")
         return json.dumps(
-            {"error": {"message": self.message, "type": kind, "param": self.param, "code": self.code}}
+            {
+                "error": {
+                    "message": self.message,
+                    "type": kind,
+                    "param": self.param,
+                    "code": self.code,
+                }
+            }
         ).encode()
 
 
@@ -115,15 +122,21 @@ async def read_body(receive: Receive, limit: int, content_length: bytes | None) 
 
 
 def _too_large(limit: int) -> ProxyError:
-    return ProxyError(413, f"Request body is larger than the limit of {limit} bytes.",
-                      code="request_too_large")
+    return ProxyError(
+        413, f"Request body is larger than the limit of {limit} bytes.", code="request_too_large"
+    )
 
 
 async def send_response(send: Send, status: int, body: bytes, headers: Headers) -> None:
-    await send({
-        "type": "http.response.start",
-        "status": status,
-        "headers": [(b"content-type", JSON), (b"content-length", str(len(body)).encode()),
-                    *headers],
-    })
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", JSON),
+                (b"content-length", str(len(body)).encode()),
+                *headers,
+            ],
+        }
+    )
     await send({"type": "http.response.body", "body": body})

@@ -67,7 +67,8 @@ def anthropic_usage(usage: Any, into: Usage | None = None) -> Usage | None:
         cache_read = _int(usage.get("cache_read_input_tokens"))
         result.cached_input_tokens = cache_read
         result.input_tokens = (
-            _int(usage.get("input_tokens")) + cache_read
+            _int(usage.get("input_tokens"))
+            + cache_read
             + _int(usage.get("cache_creation_input_tokens"))
         )
     if "output_tokens" in usage:
@@ -155,6 +156,8 @@ class AnthropicStream:
                 except ValueError:
                     return
                 if message.get("type") == "message_start":
-                    self.usage = anthropic_usage(message.get("message", {}).get("usage"), self.usage)
+                    self.usage = anthropic_usage(
+                        message.get("message", {}).get("usage"), self.usage
+                    )
                 elif message.get("type") == "message_delta":
                     self.usage = anthropic_usage(message.get("usage"), self.usage)

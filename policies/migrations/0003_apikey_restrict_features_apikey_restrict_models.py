@@ -4,20 +4,19 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('policies', '0002_seed_tiers'),
+        ("policies", "0002_seed_tiers"),
     ]
 
     operations = [
         migrations.AddField(
-            model_name='apikey',
-            name='restrict_features',
+            model_name="apikey",
+            name="restrict_features",
             field=models.BooleanField(default=False, editable=False),
         ),
         migrations.AddField(
-            model_name='apikey',
-            name='restrict_models',
+            model_name="apikey",
+            name="restrict_models",
             field=models.BooleanField(default=False, editable=False),
         ),
     ]

@@ -55,8 +55,17 @@ def gateway_url(django_db_setup: None, django_db_blocker, tmp_path_factory) -> I
         database_url = _database_url()
     log = Path(tmp_path_factory.mktemp("gateway")) / "gateway.log"
     proc = ServiceProcess(
-        [sys.executable, "-m", "uvicorn", "gateway.asgi:application", "--host", "127.0.0.1",
-         "--port", str(port), "--no-access-log"],
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "gateway.asgi:application",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--no-access-log",
+        ],
         service_env(
             DATABASE_URL=database_url,
             TOLLGATE_REDIS_PREFIX=GATEWAY_PREFIX,
@@ -104,7 +113,9 @@ def wait_until_served(url: str, key: str, *, timeout: float = 5.0) -> None:
 
 
 @pytest.fixture
-def proxy(gateway_url: str, fake: FakeUpstream, transactional_db: None, free_tier, settings) -> Setup:  # type: ignore[no-untyped-def]
+def proxy(
+    gateway_url: str, fake: FakeUpstream, transactional_db: None, free_tier, settings
+) -> Setup:  # type: ignore[no-untyped-def]
     settings.TOLLGATE_REDIS_PREFIX = GATEWAY_PREFIX
     chat_feature = Feature.objects.create(name="chat")
     Feature.objects.create(name="summarize")
@@ -116,24 +127,43 @@ def proxy(gateway_url: str, fake: FakeUpstream, transactional_db: None, free_tie
     anthropic = Provider(name="fake-anthropic", kind="anthropic", base_url=fake.url)
     anthropic.api_key = UPSTREAM_KEY
     anthropic.save()
-    prices = {"input_price_per_million": "2.50", "output_price_per_million": "10.00",
-              "cached_input_price_per_million": "1.25"}
-    chat = LlmModel.objects.create(name="gpt-test", provider=provider,
-                                   upstream_name="upstream-gpt", **prices)
-    embed = LlmModel.objects.create(name="embed-test", provider=provider, mode="embedding",
-                                    upstream_name="upstream-embed", input_price_per_million="0.02")
-    claude = LlmModel.objects.create(name="claude-test", provider=anthropic,
-                                     upstream_name="upstream-claude", input_price_per_million="3",
-                                     output_price_per_million="15",
-                                     cached_input_price_per_million="0.30")
-    private_a = LlmModel.objects.create(org=org_a, name="acme-private", provider=provider,
-                                        upstream_name="upstream-private", **prices)
+    prices = {
+        "input_price_per_million": "2.50",
+        "output_price_per_million": "10.00",
+        "cached_input_price_per_million": "1.25",
+    }
+    chat = LlmModel.objects.create(
+        name="gpt-test", provider=provider, upstream_name="upstream-gpt", **prices
+    )
+    embed = LlmModel.objects.create(
+        name="embed-test",
+        provider=provider,
+        mode="embedding",
+        upstream_name="upstream-embed",
+        input_price_per_million="0.02",
+    )
+    claude = LlmModel.objects.create(
+        name="claude-test",
+        provider=anthropic,
+        upstream_name="upstream-claude",
+        input_price_per_million="3",
+        output_price_per_million="15",
+        cached_input_price_per_million="0.30",
+    )
+    private_a = LlmModel.objects.create(
+        org=org_a,
+        name="acme-private",
+        provider=provider,
+        upstream_name="upstream-private",
+        **prices,
+    )
     _key, key_a = apikey_create(org=org_a, name="a", default_feature=chat_feature)
     _key, key_b = apikey_create(org=org_b, name="b", default_feature=chat_feature)
     wait_until_served(gateway_url, key_a)
     wait_until_served(gateway_url, key_b)
-    return Setup(gateway_url, fake, org_a, org_b, key_a, key_b, chat, embed, claude, private_a,
-                 provider)
+    return Setup(
+        gateway_url, fake, org_a, org_b, key_a, key_b, chat, embed, claude, private_a, provider
+    )
 
 
 def flush_usage() -> None:

@@ -28,8 +28,12 @@ def test_load_prices_creates_the_seed_catalog_once() -> None:
 
 def test_load_prices_updates_prices_only_when_asked(tmp_path: Path) -> None:
     call_command("load_prices", verbosity=0)
-    price_list = {"providers": [], "models": [
-        {"name": "gpt-4o-mini", "provider": "openai", "input": "0.123456", "output": "1"}]}
+    price_list = {
+        "providers": [],
+        "models": [
+            {"name": "gpt-4o-mini", "provider": "openai", "input": "0.123456", "output": "1"}
+        ],
+    }
     path = tmp_path / "prices.json"
     path.write_text(json.dumps(price_list))
     call_command("load_prices", "--file", str(path), verbosity=0)
@@ -40,9 +44,14 @@ def test_load_prices_updates_prices_only_when_asked(tmp_path: Path) -> None:
 
 def test_load_prices_rejects_a_price_with_too_many_decimals(tmp_path: Path) -> None:
     path = tmp_path / "prices.json"
-    path.write_text(json.dumps({"providers": [{"name": "p", "kind": "openai",
-                                              "base_url": "http://127.0.0.1:9"}],
-                                "models": [{"name": "m", "provider": "p", "input": "0.0000001"}]}))
+    path.write_text(
+        json.dumps(
+            {
+                "providers": [{"name": "p", "kind": "openai", "base_url": "http://127.0.0.1:9"}],
+                "models": [{"name": "m", "provider": "p", "input": "0.0000001"}],
+            }
+        )
+    )
     with pytest.raises(CommandError, match="at most 6 decimals"):
         call_command("load_prices", "--file", str(path), verbosity=0)
 

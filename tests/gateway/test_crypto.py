@@ -12,8 +12,9 @@ pytestmark = pytest.mark.django_db
 
 def test_a_secret_round_trips_and_is_not_stored_in_clear(shared_provider: Provider) -> None:
     with connection.cursor() as cursor:
-        cursor.execute("SELECT api_key_ciphertext FROM gateway_provider WHERE id = %s",
-                       [shared_provider.pk])
+        cursor.execute(
+            "SELECT api_key_ciphertext FROM gateway_provider WHERE id = %s", [shared_provider.pk]
+        )
         (stored,) = cursor.fetchone()
     assert "sk-shared-secret" not in stored
     assert Provider.objects.get(pk=shared_provider.pk).api_key == "sk-shared-secret"

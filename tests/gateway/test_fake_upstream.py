@@ -45,8 +45,12 @@ def chat_body(content: Any = "hello there world", **extra: Any) -> dict[str, Any
 
 
 def anthropic_body(content: Any = "hello there world", **extra: Any) -> dict[str, Any]:
-    return {"model": "claude-x", "max_tokens": 100,
-            "messages": [{"role": "user", "content": content}], **extra}
+    return {
+        "model": "claude-x",
+        "max_tokens": 100,
+        "messages": [{"role": "user", "content": content}],
+        **extra,
+    }
 
 
 def post(fake: FakeUpstream, path: str, body: Any, **kwargs: Any) -> httpx.Response:
@@ -54,7 +58,7 @@ def post(fake: FakeUpstream, path: str, body: Any, **kwargs: Any) -> httpx.Respo
 
 
 def sse_data(text: str) -> list[str]:
-    return [line[len("data: "):] for line in text.split("\n") if line.startswith("data: ")]
+    return [line[len("data: ") :] for line in text.split("\n") if line.startswith("data: ")]
 
 
 def sse_events(text: str) -> list[tuple[str, dict[str, Any]]]:
@@ -71,8 +75,13 @@ def sse_events(text: str) -> list[tuple[str, dict[str, Any]]]:
 def test_chat_non_stream_shape_and_usage(fake: FakeUpstream) -> None:
     messages = [
         {"role": "system", "content": "be brief"},
-        {"role": "user", "content": [{"type": "text", "text": "one two  three"},
-                                     {"type": "image_url", "image_url": {"url": "x y z"}}]},
+        {
+            "role": "user",
+            "content": [
+                {"type": "text", "text": "one two  three"},
+                {"type": "image_url", "image_url": {"url": "x y z"}},
+            ],
+        },
         {"role": "assistant", "content": None, "tool_calls": []},
     ]
     response = post(fake, CHAT, {"model": "gpt-4o-mini", "messages": messages})
@@ -86,15 +95,23 @@ def test_chat_non_stream_shape_and_usage(fake: FakeUpstream) -> None:
     assert choice["message"]["role"] == "assistant"
     assert choice["message"]["content"] == "".join(f"tok{i} " for i in range(8))
     assert choice["finish_reason"] == "stop"
-    assert body["usage"] == {"prompt_tokens": 5, "completion_tokens": 8, "total_tokens": 13,
-                             "prompt_tokens_details": {"cached_tokens": 0}}
+    assert body["usage"] == {
+        "prompt_tokens": 5,
+        "completion_tokens": 8,
+        "total_tokens": 13,
+        "prompt_tokens_details": {"cached_tokens": 0},
+    }
 
 
 def test_chat_max_tokens_limits_chunks_and_cached_tokens_are_capped(fake: FakeUpstream) -> None:
     fake.configure(cached_tokens=2)
     usage = post(fake, CHAT, chat_body(max_tokens=3)).json()["usage"]
-    assert usage == {"prompt_tokens": 3, "completion_tokens": 3, "total_tokens": 6,
-                     "prompt_tokens_details": {"cached_tokens": 2}}
+    assert usage == {
+        "prompt_tokens": 3,
+        "completion_tokens": 3,
+        "total_tokens": 6,
+        "prompt_tokens_details": {"cached_tokens": 2},
+    }
     # max_completion_tokens wins over max_tokens; cached tokens never exceed the prompt.
     fake.configure(cached_tokens=100)
     body = post(fake, CHAT, chat_body(max_tokens=3, max_completion_tokens=5)).json()
@@ -114,14 +131,22 @@ def test_chat_stream_without_include_usage(fake: FakeUpstream) -> None:
     assert data[-1] == "[DONE]"
     chunks = [json.loads(d) for d in data[:-1]]
     assert len(chunks) == 5  # 4 content chunks and the finish chunk
-    assert all(c["object"] == "chat.completion.chunk" and c["model"] == "gpt-4o-mini"
-               for c in chunks)
+    assert all(
+        c["object"] == "chat.completion.chunk" and c["model"] == "gpt-4o-mini" for c in chunks
+    )
     assert len({c["id"] for c in chunks}) == 1
     assert chunks[0]["choices"][0]["delta"] == {"role": "assistant", "content": "tok0 "}
     assert [c["choices"][0]["delta"].get("content") for c in chunks[1:4]] == [
-        "tok1 ", "tok2 ", "tok3 "]
-    assert chunks[-1]["choices"][0] == {"index": 0, "delta": {}, "logprobs": None,
-                                        "finish_reason": "stop"}
+        "tok1 ",
+        "tok2 ",
+        "tok3 ",
+    ]
+    assert chunks[-1]["choices"][0] == {
+        "index": 0,
+        "delta": {},
+        "logprobs": None,
+        "finish_reason": "stop",
+    }
     assert all("usage" not in c for c in chunks)
 
 
@@ -134,9 +159,12 @@ def test_chat_stream_usage_chunk_only_when_asked(fake: FakeUpstream) -> None:
     assert chunks[-2]["choices"][0]["finish_reason"] == "stop"
     usage_chunk = chunks[-1]
     assert usage_chunk["choices"] == []
-    assert usage_chunk["usage"] == {"prompt_tokens": 3, "completion_tokens": 3,
-                                    "total_tokens": 6,
-                                    "prompt_tokens_details": {"cached_tokens": 1}}
+    assert usage_chunk["usage"] == {
+        "prompt_tokens": 3,
+        "completion_tokens": 3,
+        "total_tokens": 6,
+        "prompt_tokens_details": {"cached_tokens": 1},
+    }
     assert all(c["usage"] is None for c in chunks[:-1])  # as OpenAI sends it
     no_usage = chat_body(stream=True, stream_options={"include_usage": False})
     assert all("usage" not in json.loads(d) for d in sse_data(post(fake, CHAT, no_usage).text)[:-1])
@@ -162,12 +190,15 @@ def test_paths_without_v1_prefix(fake: FakeUpstream) -> None:
     assert httpx.get(fake.url + "/models").status_code == 200
 
 
-@pytest.mark.parametrize(("body", "param"), [
-    ({"messages": [{"role": "user", "content": "x"}]}, "model"),
-    ({"model": "gpt-4o-mini"}, "messages"),
-    ({"model": "gpt-4o-mini", "messages": []}, "messages"),
-    ([1, 2], None),
-])
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ({"messages": [{"role": "user", "content": "x"}]}, "model"),
+        ({"model": "gpt-4o-mini"}, "messages"),
+        ({"model": "gpt-4o-mini", "messages": []}, "messages"),
+        ([1, 2], None),
+    ],
+)
 def test_chat_invalid_body_is_openai_400(fake: FakeUpstream, body: Any, param: str | None) -> None:
     response = post(fake, CHAT, body)
     assert response.status_code == 400
@@ -185,8 +216,9 @@ def test_chat_invalid_body_is_openai_400(fake: FakeUpstream, body: Any, param: s
 
 def test_anthropic_message_shape_and_usage(fake: FakeUpstream) -> None:
     fake.configure(cached_tokens=2)
-    body = anthropic_body([{"type": "text", "text": "a b c"}, {"type": "image"}],
-                          system="you are terse", max_tokens=5)
+    body = anthropic_body(
+        [{"type": "text", "text": "a b c"}, {"type": "image"}], system="you are terse", max_tokens=5
+    )
     response = post(fake, MESSAGES, body, headers={"x-api-key": "sk-ant-1"})
     assert response.status_code == 200
     message = response.json()
@@ -198,8 +230,12 @@ def test_anthropic_message_shape_and_usage(fake: FakeUpstream) -> None:
     assert message["stop_reason"] == "end_turn"
     assert message["stop_sequence"] is None
     # 6 prompt words, 2 of them read from the cache: cache reads are not input_tokens.
-    assert message["usage"] == {"input_tokens": 4, "output_tokens": 5,
-                                "cache_read_input_tokens": 2, "cache_creation_input_tokens": 0}
+    assert message["usage"] == {
+        "input_tokens": 4,
+        "output_tokens": 5,
+        "cache_read_input_tokens": 2,
+        "cache_creation_input_tokens": 0,
+    }
 
 
 def test_anthropic_stream_event_sequence(fake: FakeUpstream) -> None:
@@ -208,18 +244,30 @@ def test_anthropic_stream_event_sequence(fake: FakeUpstream) -> None:
     assert response.headers["content-type"].startswith("text/event-stream")
     events = sse_events(response.text)
     assert [name for name, _ in events] == [
-        "message_start", "content_block_start", "ping", "content_block_delta",
-        "content_block_delta", "content_block_delta", "content_block_stop", "message_delta",
-        "message_stop"]
+        "message_start",
+        "content_block_start",
+        "ping",
+        "content_block_delta",
+        "content_block_delta",
+        "content_block_delta",
+        "content_block_stop",
+        "message_delta",
+        "message_stop",
+    ]
     assert all(name == data["type"] for name, data in events)
     start = events[0][1]["message"]
     assert start["id"].startswith("msg_fake_") and start["model"] == "claude-x"
     assert start["content"] == [] and start["stop_reason"] is None
-    assert start["usage"] == {"input_tokens": 2, "output_tokens": 1,
-                              "cache_read_input_tokens": 1, "cache_creation_input_tokens": 0}
+    assert start["usage"] == {
+        "input_tokens": 2,
+        "output_tokens": 1,
+        "cache_read_input_tokens": 1,
+        "cache_creation_input_tokens": 0,
+    }
     assert events[1][1]["content_block"] == {"type": "text", "text": ""}
     assert [data["delta"] for _, data in events[3:6]] == [
-        {"type": "text_delta", "text": f"tok{i} "} for i in range(3)]
+        {"type": "text_delta", "text": f"tok{i} "} for i in range(3)
+    ]
     assert events[7][1]["delta"] == {"stop_reason": "end_turn", "stop_sequence": None}
     assert events[7][1]["usage"] == {"output_tokens": 3}
 
@@ -238,8 +286,9 @@ def test_anthropic_invalid_body_is_anthropic_400(fake: FakeUpstream) -> None:
 
 
 def test_embeddings(fake: FakeUpstream) -> None:
-    response = post(fake, "/v1/embeddings", {"model": "text-embedding-3-small",
-                                             "input": ["one two", "three"]})
+    response = post(
+        fake, "/v1/embeddings", {"model": "text-embedding-3-small", "input": ["one two", "three"]}
+    )
     assert response.status_code == 200
     body = response.json()
     assert body["object"] == "list"
@@ -251,8 +300,9 @@ def test_embeddings(fake: FakeUpstream) -> None:
     single = post(fake, "/v1/embeddings", {"model": "m", "input": "one two"}).json()
     assert single["data"][0]["embedding"] == body["data"][0]["embedding"]  # deterministic
     # The openai SDK asks for base64 float32 by default.
-    b64 = post(fake, "/v1/embeddings", {"model": "m", "input": "one two",
-                                        "encoding_format": "base64"}).json()
+    b64 = post(
+        fake, "/v1/embeddings", {"model": "m", "input": "one two", "encoding_format": "base64"}
+    ).json()
     decoded = struct.unpack("<8f", base64.b64decode(b64["data"][0]["embedding"]))
     assert decoded == pytest.approx(body["data"][0]["embedding"], abs=1e-6)
     bad = post(fake, "/v1/embeddings", {"model": "m", "input": [1, 2]})
@@ -264,8 +314,10 @@ def test_models_list(fake: FakeUpstream) -> None:
     body = httpx.get(fake.url + "/v1/models").json()
     assert body["object"] == "list"
     assert len(body["data"]) >= 3
-    assert all(m["object"] == "model" and m["created"] == 0 and m["owned_by"] == "fake"
-               for m in body["data"])
+    assert all(
+        m["object"] == "model" and m["created"] == 0 and m["owned_by"] == "fake"
+        for m in body["data"]
+    )
     assert "gpt-4o-mini" in {m["id"] for m in body["data"]}
 
 
@@ -283,8 +335,10 @@ def test_error_429_with_retry_after(fake: FakeUpstream) -> None:
     response = post(fake, MESSAGES, anthropic_body())
     assert response.status_code == 429
     assert response.headers["retry-after"] == "7"
-    assert response.json() == {"type": "error", "error": {
-        "type": "rate_limit_error", "message": response.json()["error"]["message"]}}
+    assert response.json() == {
+        "type": "error",
+        "error": {"type": "rate_limit_error", "message": response.json()["error"]["message"]},
+    }
 
 
 def test_error_500_and_400(fake: FakeUpstream) -> None:
@@ -320,8 +374,10 @@ def test_drop_non_stream_closes_without_response(fake: FakeUpstream) -> None:
 def test_drop_stream_after_two_chunks(fake: FakeUpstream) -> None:
     fake.configure(error="drop")
     lines: list[str] = []
-    with pytest.raises(httpx.RemoteProtocolError), \
-            httpx.stream("POST", fake.url + CHAT, json=chat_body(stream=True), timeout=10) as r:
+    with (
+        pytest.raises(httpx.RemoteProtocolError),
+        httpx.stream("POST", fake.url + CHAT, json=chat_body(stream=True), timeout=10) as r,
+    ):
         assert r.status_code == 200
         lines.extend(line for line in r.iter_lines() if line)
     assert len(lines) == 2
@@ -335,9 +391,14 @@ def test_error_times_then_clears(fake: FakeUpstream) -> None:
     assert fake.config.error_times == 0
 
 
-@pytest.mark.parametrize(("suffix", "status"), [
-    ("-error429", 429), ("-error500", 500), ("-error400", 400),
-])
+@pytest.mark.parametrize(
+    ("suffix", "status"),
+    [
+        ("-error429", 429),
+        ("-error500", 500),
+        ("-error400", 400),
+    ],
+)
 def test_model_name_overrides(fake: FakeUpstream, suffix: str, status: int) -> None:
     response = post(fake, CHAT, {**chat_body(), "model": f"gpt{suffix}"})
     assert response.status_code == status
@@ -346,8 +407,11 @@ def test_model_name_overrides(fake: FakeUpstream, suffix: str, status: int) -> N
 
 def test_model_name_hang_drop_and_slow(fake: FakeUpstream) -> None:
     with pytest.raises(httpx.ReadTimeout):
-        httpx.post(fake.url + CHAT, json={**chat_body(), "model": "x-hang"},
-                   timeout=httpx.Timeout(5, read=0.3))
+        httpx.post(
+            fake.url + CHAT,
+            json={**chat_body(), "model": "x-hang"},
+            timeout=httpx.Timeout(5, read=0.3),
+        )
     with pytest.raises(httpx.RemoteProtocolError):
         post(fake, MESSAGES, {**anthropic_body(), "model": "claude-drop"})
     start = time.monotonic()
@@ -369,9 +433,15 @@ def test_control_endpoints(fake: FakeUpstream) -> None:
     post(fake, CHAT, chat_body())
     state = httpx.get(fake.url + "/_control").json()
     assert state["requests"] == 1
-    assert state["config"] == {"latency_ms": 0.0, "chunks": 8, "chunk_delay_ms": 0.0,
-                               "cached_tokens": 0, "error": None, "error_times": 0,
-                               "retry_after": 2}
+    assert state["config"] == {
+        "latency_ms": 0.0,
+        "chunks": 8,
+        "chunk_delay_ms": 0.0,
+        "cached_tokens": 0,
+        "error": None,
+        "error_times": 0,
+        "retry_after": 2,
+    }
     changed = post(fake, "/_control", {"error": 429, "error_times": 1, "chunks": 2}).json()
     assert changed["config"]["error"] == "429" and changed["config"]["chunks"] == 2
     assert post(fake, CHAT, chat_body()).status_code == 429
@@ -387,10 +457,18 @@ def test_control_endpoints(fake: FakeUpstream) -> None:
 
 
 def test_recorded_requests_include_headers_and_body(fake: FakeUpstream) -> None:
-    post(fake, CHAT, chat_body(), headers={"Authorization": "Bearer sk-provider-key",
-                                           "X-Custom": "1"})
-    post(fake, MESSAGES, anthropic_body(), headers={"x-api-key": "sk-ant",
-                                                    "anthropic-version": "2023-06-01"})
+    post(
+        fake,
+        CHAT,
+        chat_body(),
+        headers={"Authorization": "Bearer sk-provider-key", "X-Custom": "1"},
+    )
+    post(
+        fake,
+        MESSAGES,
+        anthropic_body(),
+        headers={"x-api-key": "sk-ant", "anthropic-version": "2023-06-01"},
+    )
     first, second = fake.requests
     assert first.method == "POST" and first.path == CHAT
     assert first.headers["authorization"] == "Bearer sk-provider-key"
@@ -427,28 +505,35 @@ def test_official_sdks_parse_the_responses(fake: FakeUpstream) -> None:
     fake.configure(chunks=3)
     client = openai.OpenAI(base_url=fake.url + "/v1", api_key="sk-test", max_retries=0)
     completion = client.chat.completions.create(
-        model="gpt-4o-mini", messages=[{"role": "user", "content": "hi there"}])
+        model="gpt-4o-mini", messages=[{"role": "user", "content": "hi there"}]
+    )
     assert completion.usage is not None and completion.usage.total_tokens == 5
     stream = client.chat.completions.create(
-        model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}], stream=True,
-        stream_options={"include_usage": True})
+        model="gpt-4o-mini",
+        messages=[{"role": "user", "content": "hi"}],
+        stream=True,
+        stream_options={"include_usage": True},
+    )
     chunks = list(stream)
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == (
-        "tok0 tok1 tok2 ")
+        "tok0 tok1 tok2 "
+    )
     assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 3
     embedding = client.embeddings.create(model="text-embedding-3-small", input="a b")
     assert len(embedding.data[0].embedding) == 8
     assert fake.requests[0].headers["authorization"] == "Bearer sk-test"
 
     claude = anthropic.Anthropic(base_url=fake.url, api_key="sk-ant-test", max_retries=0)
-    with claude.messages.stream(model="claude-x", max_tokens=10,
-                                messages=[{"role": "user", "content": "hi"}]) as events:
+    with claude.messages.stream(
+        model="claude-x", max_tokens=10, messages=[{"role": "user", "content": "hi"}]
+    ) as events:
         message = events.get_final_message()
     assert message.content[0].text == "tok0 tok1 tok2 "  # type: ignore[union-attr]
     assert message.usage.output_tokens == 3
     with pytest.raises(anthropic.RateLimitError):
-        claude.messages.create(model="claude-error429", max_tokens=10,
-                               messages=[{"role": "user", "content": "hi"}])
+        claude.messages.create(
+            model="claude-error429", max_tokens=10, messages=[{"role": "user", "content": "hi"}]
+        )
 
 
 def test_many_concurrent_streams(fake: FakeUpstream) -> None:
@@ -486,7 +571,9 @@ def test_cli_subprocess() -> None:
     port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "gateway.fake_upstream", "--port", str(port), "--chunks", "2"],
-        cwd=BASE_DIR, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        cwd=BASE_DIR,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
     try:

@@ -21,7 +21,9 @@ def get_json(url: str) -> tuple[int, dict[str, Any]]:
         return exc.code, json.loads(exc.read())
 
 
-def wait_for_status(url: str, dependency: str, status: str, timeout: float = 30.0) -> dict[str, Any]:
+def wait_for_status(
+    url: str, dependency: str, status: str, timeout: float = 30.0
+) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
     body: dict[str, Any] = {}
     while time.monotonic() < deadline:
@@ -34,7 +36,9 @@ def wait_for_status(url: str, dependency: str, status: str, timeout: float = 30.
 
 def test_live_answers_without_touching_dependencies(start_gateway) -> None:  # type: ignore[no-untyped-def]
     # Nothing listens on these ports: /health/live must not care.
-    base = start_gateway(DATABASE_URL="postgres://u@127.0.0.1:9/x", REDIS_URL="redis://127.0.0.1:9/0")
+    base = start_gateway(
+        DATABASE_URL="postgres://u@127.0.0.1:9/x", REDIS_URL="redis://127.0.0.1:9/0"
+    )
     code, body = get_json(f"{base}/health/live")
     assert code == 200
     assert body["status"] == "ok"

@@ -36,15 +36,26 @@ def record(request_id: str, timeout: float = 5.0) -> UsageRecord:
     raise AssertionError(f"no usage record for {request_id}")
 
 
-def cost(input_tokens: int, output_tokens: int, cached: int = 0, *, inp: str = "2.50",
-         out: str = "10.00", cache: str = "1.25") -> Decimal:
-    return ((input_tokens - cached) * Decimal(inp) + cached * Decimal(cache)
-            + output_tokens * Decimal(out)) / Decimal(1_000_000)
+def cost(
+    input_tokens: int,
+    output_tokens: int,
+    cached: int = 0,
+    *,
+    inp: str = "2.50",
+    out: str = "10.00",
+    cache: str = "1.25",
+) -> Decimal:
+    return (
+        (input_tokens - cached) * Decimal(inp)
+        + cached * Decimal(cache)
+        + output_tokens * Decimal(out)
+    ) / Decimal(1_000_000)
 
 
 def test_a_chat_completion_goes_through_with_the_providers_key(proxy: Setup) -> None:
     raw = client(proxy).chat.completions.with_raw_response.create(
-        model="gpt-test", messages=PROMPT, extra_headers={"X-Request-ID": "req-chat-1"})
+        model="gpt-test", messages=PROMPT, extra_headers={"X-Request-ID": "req-chat-1"}
+    )
     completion = raw.parse()
     assert completion.choices[0].message.content
     assert completion.usage.prompt_tokens == 5
@@ -78,7 +89,8 @@ def test_cached_input_is_priced_at_the_cached_rate(proxy: Setup) -> None:
 def test_a_streamed_chat_is_passed_through_and_counted_exactly(proxy: Setup) -> None:
     proxy.fake.configure(chunks=6)
     stream = client(proxy).chat.completions.with_raw_response.create(
-        model="gpt-test", messages=PROMPT, stream=True)
+        model="gpt-test", messages=PROMPT, stream=True
+    )
     request_id = stream.headers["x-request-id"]
     chunks = list(stream.parse())
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
@@ -95,8 +107,11 @@ def test_a_streamed_chat_is_passed_through_and_counted_exactly(proxy: Setup) -> 
 
 
 def test_a_client_that_asks_for_stream_usage_gets_it(proxy: Setup) -> None:
-    chunks = list(client(proxy).chat.completions.create(
-        model="gpt-test", messages=PROMPT, stream=True, stream_options={"include_usage": True}))
+    chunks = list(
+        client(proxy).chat.completions.create(
+            model="gpt-test", messages=PROMPT, stream=True, stream_options={"include_usage": True}
+        )
+    )
     assert chunks[-1].usage is not None
     assert chunks[-1].usage.completion_tokens == 8
 
@@ -107,7 +122,8 @@ def test_the_async_sdk_works_streamed_and_not(proxy: Setup) -> None:
             plain = await c.chat.completions.create(model="gpt-test", messages=PROMPT)
             parts = []
             async for chunk in await c.chat.completions.create(
-                    model="gpt-test", messages=PROMPT, stream=True):
+                model="gpt-test", messages=PROMPT, stream=True
+            ):
                 if chunk.choices and chunk.choices[0].delta.content:
                     parts.append(chunk.choices[0].delta.content)
             return plain.choices[0].message.content or "", "".join(parts)
@@ -117,8 +133,9 @@ def test_the_async_sdk_works_streamed_and_not(proxy: Setup) -> None:
 
 
 def test_embeddings_go_through_and_are_priced(proxy: Setup) -> None:
-    raw = client(proxy).embeddings.with_raw_response.create(model="embed-test",
-                                                            input=["alpha beta", "gamma"])
+    raw = client(proxy).embeddings.with_raw_response.create(
+        model="embed-test", input=["alpha beta", "gamma"]
+    )
     result = raw.parse()
     assert len(result.data) == 2
     usage = record(raw.headers["x-request-id"])
@@ -141,20 +158,27 @@ def test_a_key_restricted_to_models_and_features_gets_403_elsewhere(proxy: Setup
     from policies.services import apikey_create
     from tests.gateway.conftest import wait_until_served
 
-    _key, raw = apikey_create(org=proxy.org_a, name="narrow", allowed_models=[proxy.chat],
-                              allowed_features=[Feature.objects.get(name="summarize")])
+    _key, raw = apikey_create(
+        org=proxy.org_a,
+        name="narrow",
+        allowed_models=[proxy.chat],
+        allowed_features=[Feature.objects.get(name="summarize")],
+    )
     wait_until_served(proxy.url, raw)
     narrow = client(proxy, raw)
     assert [m.id for m in narrow.models.list()] == ["gpt-test"]
-    ok = narrow.chat.completions.create(model="gpt-test", messages=PROMPT,
-                                        extra_headers={"X-Tollgate-Feature": "summarize"})
+    ok = narrow.chat.completions.create(
+        model="gpt-test", messages=PROMPT, extra_headers={"X-Tollgate-Feature": "summarize"}
+    )
     assert ok.choices
     with pytest.raises(openai.PermissionDeniedError):
-        narrow.chat.completions.create(model="acme-private", messages=PROMPT,
-                                       extra_headers={"X-Tollgate-Feature": "summarize"})
+        narrow.chat.completions.create(
+            model="acme-private", messages=PROMPT, extra_headers={"X-Tollgate-Feature": "summarize"}
+        )
     with pytest.raises(openai.PermissionDeniedError) as denied:
-        narrow.chat.completions.create(model="gpt-test", messages=PROMPT,
-                                       extra_headers={"X-Tollgate-Feature": "chat"})
+        narrow.chat.completions.create(
+            model="gpt-test", messages=PROMPT, extra_headers={"X-Tollgate-Feature": "chat"}
+        )
     assert denied.value.body["code"] == "feature_not_allowed"  # type: ignore[index]
 
 
@@ -167,8 +191,9 @@ def test_another_orgs_private_model_does_not_exist_for_an_outsider(proxy: Setup)
 def test_the_anthropic_sdk_works_streamed_and_not(proxy: Setup) -> None:
     proxy.fake.configure(cached_tokens=2)
     claude = anthropic.Anthropic(base_url=proxy.url, api_key=proxy.key_a, max_retries=0)
-    raw = claude.messages.with_raw_response.create(model="claude-test", max_tokens=5,
-                                                   messages=PROMPT)
+    raw = claude.messages.with_raw_response.create(
+        model="claude-test", max_tokens=5, messages=PROMPT
+    )
     message = raw.parse()
     assert message.content[0].text.split() == [f"tok{i}" for i in range(5)]
     sent = proxy.fake.requests[-1]
@@ -188,11 +213,15 @@ def test_the_anthropic_sdk_works_streamed_and_not(proxy: Setup) -> None:
 
 def test_a_client_disconnecting_mid_stream_cancels_upstream_and_is_recorded(proxy: Setup) -> None:
     proxy.fake.configure(chunks=50, chunk_delay_ms=100)
-    with httpx.Client(timeout=10) as http, http.stream(
-        "POST", f"{proxy.v1}/chat/completions",
-        headers={"Authorization": f"Bearer {proxy.key_a}", "X-Request-ID": "req-gone"},
-        json={"model": "gpt-test", "messages": PROMPT, "stream": True},
-    ) as response:
+    with (
+        httpx.Client(timeout=10) as http,
+        http.stream(
+            "POST",
+            f"{proxy.v1}/chat/completions",
+            headers={"Authorization": f"Bearer {proxy.key_a}", "X-Request-ID": "req-gone"},
+            json={"model": "gpt-test", "messages": PROMPT, "stream": True},
+        ) as response,
+    ):
         lines = response.iter_lines()
         received = [next(lines) for _ in range(3)]
     assert any(line.startswith("data:") for line in received)
@@ -222,8 +251,11 @@ def test_a_provider_400_is_passed_back_with_its_status(proxy: Setup) -> None:
 
 def test_a_provider_500_becomes_502(proxy: Setup) -> None:
     proxy.fake.configure(error="500")
-    raw = httpx.post(f"{proxy.v1}/chat/completions", headers={"Authorization": f"Bearer {proxy.key_a}"},
-                     json={"model": "gpt-test", "messages": PROMPT})
+    raw = httpx.post(
+        f"{proxy.v1}/chat/completions",
+        headers={"Authorization": f"Bearer {proxy.key_a}"},
+        json={"model": "gpt-test", "messages": PROMPT},
+    )
     assert raw.status_code == 502
     assert raw.json()["error"]["code"] == "upstream_error"
     usage = record(raw.headers["x-request-id"])
@@ -233,8 +265,12 @@ def test_a_provider_500_becomes_502(proxy: Setup) -> None:
 def test_a_hanging_provider_becomes_504(proxy: Setup) -> None:
     proxy.fake.configure(error="hang")
     started = time.monotonic()
-    raw = httpx.post(f"{proxy.v1}/chat/completions", headers={"Authorization": f"Bearer {proxy.key_a}"},
-                     json={"model": "gpt-test", "messages": PROMPT}, timeout=30)
+    raw = httpx.post(
+        f"{proxy.v1}/chat/completions",
+        headers={"Authorization": f"Bearer {proxy.key_a}"},
+        json={"model": "gpt-test", "messages": PROMPT},
+        timeout=30,
+    )
     assert raw.status_code == 504
     assert raw.json()["error"]["code"] == "upstream_timeout"
     assert time.monotonic() - started < 15
@@ -242,8 +278,11 @@ def test_a_hanging_provider_becomes_504(proxy: Setup) -> None:
 
 def test_a_dropped_connection_becomes_502(proxy: Setup) -> None:
     proxy.fake.configure(error="drop")
-    raw = httpx.post(f"{proxy.v1}/chat/completions", headers={"Authorization": f"Bearer {proxy.key_a}"},
-                     json={"model": "gpt-test", "messages": PROMPT})
+    raw = httpx.post(
+        f"{proxy.v1}/chat/completions",
+        headers={"Authorization": f"Bearer {proxy.key_a}"},
+        json={"model": "gpt-test", "messages": PROMPT},
+    )
     assert raw.status_code == 502
     assert "Traceback" not in raw.text
 
@@ -256,9 +295,11 @@ def test_an_unreachable_provider_becomes_502(proxy: Setup) -> None:
     proxy.provider.save()
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline:
-        raw = httpx.post(f"{proxy.v1}/chat/completions",
-                         headers={"Authorization": f"Bearer {proxy.key_a}"},
-                         json={"model": "gpt-test", "messages": PROMPT})
+        raw = httpx.post(
+            f"{proxy.v1}/chat/completions",
+            headers={"Authorization": f"Bearer {proxy.key_a}"},
+            json={"model": "gpt-test", "messages": PROMPT},
+        )
         if raw.status_code == 502:
             break
         time.sleep(0.1)
@@ -274,8 +315,9 @@ def test_a_revoked_key_is_refused_within_a_second(proxy: Setup) -> None:
     apikey_revoke(key=key)
     revoked_at = time.monotonic()
     while True:
-        status = httpx.get(f"{proxy.v1}/models",
-                           headers={"Authorization": f"Bearer {proxy.key_a}"}).status_code
+        status = httpx.get(
+            f"{proxy.v1}/models", headers={"Authorization": f"Bearer {proxy.key_a}"}
+        ).status_code
         if status == 401:
             break
         assert time.monotonic() - revoked_at < 1.5, "revocation did not apply within a second"
@@ -285,8 +327,9 @@ def test_a_revoked_key_is_refused_within_a_second(proxy: Setup) -> None:
 def test_usage_is_rolled_up_per_minute_by_org_feature_and_model(proxy: Setup) -> None:
     ids = []
     for _ in range(3):
-        raw = client(proxy).chat.completions.with_raw_response.create(model="gpt-test",
-                                                                      messages=PROMPT)
+        raw = client(proxy).chat.completions.with_raw_response.create(
+            model="gpt-test", messages=PROMPT
+        )
         ids.append(raw.headers["x-request-id"])
     for request_id in ids:
         record(request_id)

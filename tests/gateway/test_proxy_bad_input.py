@@ -17,21 +17,30 @@ pytestmark = pytest.mark.django_db(transaction=True)
 GOOD = {"model": "gpt-test", "messages": [{"role": "user", "content": "hi"}]}
 
 
-def post(setup: Setup, body: object = None, *, key: str | None = "a", path: str = "chat/completions",
-         raw: bytes | None = None, headers: dict[str, str] | None = None) -> httpx.Response:
+def post(
+    setup: Setup,
+    body: object = None,
+    *,
+    key: str | None = "a",
+    path: str = "chat/completions",
+    raw: bytes | None = None,
+    headers: dict[str, str] | None = None,
+) -> httpx.Response:
     sent = dict(headers or {})
     if key == "a":
         sent["Authorization"] = f"Bearer {setup.key_a}"
     elif key is not None:
         sent["Authorization"] = f"Bearer {key}"
     if raw is not None:
-        return httpx.post(f"{setup.v1}/{path}", content=raw,
-                          headers={**sent, "content-type": "application/json"})
+        return httpx.post(
+            f"{setup.v1}/{path}", content=raw, headers={**sent, "content-type": "application/json"}
+        )
     return httpx.post(f"{setup.v1}/{path}", json=body, headers=sent)
 
 
-def assert_openai_error(response: httpx.Response, status: int, *, param: str | None = None,
-                        code: str | None = None) -> dict:  # type: ignore[type-arg]
+def assert_openai_error(
+    response: httpx.Response, status: int, *, param: str | None = None, code: str | None = None
+) -> dict:  # type: ignore[type-arg]
     assert response.status_code == status, response.text
     error = response.json()["error"]
     assert error["message"] and error["type"]
@@ -98,16 +107,20 @@ def test_an_embedding_model_on_the_chat_endpoint_is_a_400(proxy: Setup) -> None:
     assert_openai_error(post(proxy, {**GOOD, "model": "embed-test"}), 400, code="wrong_model_type")
 
 
-def test_an_anthropic_model_on_the_openai_endpoint_is_a_400_pointing_to_messages(proxy: Setup) -> None:
+def test_an_anthropic_model_on_the_openai_endpoint_is_a_400_pointing_to_messages(
+    proxy: Setup,
+) -> None:
     error = assert_openai_error(post(proxy, {**GOOD, "model": "claude-test"}), 400)
     assert "/v1/messages" in error["message"]
 
 
 def test_bad_embedding_input_is_a_400(proxy: Setup) -> None:
-    assert_openai_error(post(proxy, {"model": "embed-test", "input": ""}, path="embeddings"), 400,
-                        param="input")
-    assert_openai_error(post(proxy, {"model": "embed-test", "input": [{}]}, path="embeddings"),
-                        400, param="input")
+    assert_openai_error(
+        post(proxy, {"model": "embed-test", "input": ""}, path="embeddings"), 400, param="input"
+    )
+    assert_openai_error(
+        post(proxy, {"model": "embed-test", "input": [{}]}, path="embeddings"), 400, param="input"
+    )
 
 
 def test_anthropic_bad_input_uses_the_anthropic_error_shape(proxy: Setup) -> None:
@@ -134,8 +147,9 @@ def test_a_missing_or_malformed_key_is_a_401(proxy: Setup, key, code) -> None:  
 def test_a_revoked_or_expired_key_is_a_401(proxy: Setup) -> None:
     from policies.services import apikey_create, apikey_revoke
 
-    key, raw = apikey_create(org=proxy.org_a, name="short-lived",
-                             expires_at=timezone.now() + timedelta(seconds=2))
+    _key, raw = apikey_create(
+        org=proxy.org_a, name="short-lived", expires_at=timezone.now() + timedelta(seconds=2)
+    )
     wait_until_served(proxy.url, raw)
     import time
 
@@ -152,13 +166,15 @@ def test_a_revoked_or_expired_key_is_a_401(proxy: Setup) -> None:
 
 
 def test_an_unknown_feature_is_a_400(proxy: Setup) -> None:
-    assert_openai_error(post(proxy, GOOD, headers={"X-Tollgate-Feature": "no-such"}), 400,
-                        code="unknown_feature")
+    assert_openai_error(
+        post(proxy, GOOD, headers={"X-Tollgate-Feature": "no-such"}), 400, code="unknown_feature"
+    )
 
 
 def test_a_wrong_method_is_a_405_with_allow(proxy: Setup) -> None:
-    response = httpx.get(f"{proxy.v1}/chat/completions",
-                         headers={"Authorization": f"Bearer {proxy.key_a}"})
+    response = httpx.get(
+        f"{proxy.v1}/chat/completions", headers={"Authorization": f"Bearer {proxy.key_a}"}
+    )
     assert_openai_error(response, 405)
     assert response.headers["allow"] == "POST"
 

@@ -17,8 +17,12 @@ def start(**overrides: str | None) -> subprocess.CompletedProcess[str]:
         else:
             env[name] = value
     return subprocess.run(
-        [sys.executable, "manage.py", "check"], env=env, capture_output=True, text=True,
-        timeout=60, check=False,
+        [sys.executable, "manage.py", "check"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
 
 

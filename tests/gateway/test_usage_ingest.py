@@ -21,9 +21,19 @@ def add_events(org, count: int) -> list[str]:  # type: ignore[no-untyped-def]
     ids = []
     client = get_redis()
     for _ in range(count):
-        event = UsageEvent(request_id=uuid.uuid4().hex, created_at=time.time(), endpoint="chat",
-                           status_code=200, outcome="ok", org_id=org.pk, feature="chat",
-                           model="m", input_tokens=10, output_tokens=5, cost_usd="0.000123")
+        event = UsageEvent(
+            request_id=uuid.uuid4().hex,
+            created_at=time.time(),
+            endpoint="chat",
+            status_code=200,
+            outcome="ok",
+            org_id=org.pk,
+            feature="chat",
+            model="m",
+            input_tokens=10,
+            output_tokens=5,
+            cost_usd="0.000123",
+        )
         client.xadd(key(*STREAM), {"d": event.encode()})
         ids.append(event.request_id)
     return ids
@@ -91,5 +101,9 @@ def test_a_real_worker_moves_usage_to_postgres(org_a, start_worker, redis_prefix
             break
         time.sleep(0.2)
     assert UsageRecord.objects.filter(request_id__in=ids).count() == 20, worker.output()[-3000:]
-    payload = json.loads(get_redis().xrange(key(*STREAM))[0][1][b"d"]) if get_redis().xlen(key(*STREAM)) else None
+    payload = (
+        json.loads(get_redis().xrange(key(*STREAM))[0][1][b"d"])
+        if get_redis().xlen(key(*STREAM))
+        else None
+    )
     assert payload is None

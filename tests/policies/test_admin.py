@@ -36,8 +36,10 @@ def test_staff_creates_a_key_and_sees_it_exactly_once(staff, org_a, chat) -> Non
     key = apikey_for_secret(raw=raw.group(0))
     assert key is not None and key.org == org_a and key.default_feature == chat
 
-    for url in (reverse("admin:policies_apikey_changelist"),
-                reverse("admin:policies_apikey_change", args=[key.pk])):
+    for url in (
+        reverse("admin:policies_apikey_changelist"),
+        reverse("admin:policies_apikey_change", args=[key.pk]),
+    ):
         page = client.get(url).content.decode()
         assert raw.group(0) not in page
         assert key.prefix in page
@@ -45,8 +47,7 @@ def test_staff_creates_a_key_and_sees_it_exactly_once(staff, org_a, chat) -> Non
 
 def test_an_org_admins_new_key_always_belongs_to_their_org(alice, org_a, org_b) -> None:  # type: ignore[no-untyped-def]
     client = logged_in(alice)
-    response = client.post(reverse("admin:policies_apikey_add"),
-                           {"org": org_b.pk, "name": "mine"})
+    response = client.post(reverse("admin:policies_apikey_add"), {"org": org_b.pk, "name": "mine"})
     assert response.status_code == 200
     assert ApiKey.objects.get(name="mine").org == org_a
 
@@ -65,8 +66,10 @@ def test_an_outsider_cannot_open_or_revoke_another_orgs_key(charlie, org_a) -> N
     response = client.get(reverse("admin:policies_apikey_change", args=[key.pk]))
     # The admin treats rows outside the queryset as missing: redirect with "doesn't exist".
     assert response.status_code == 302
-    client.post(reverse("admin:policies_apikey_changelist"),
-                {"action": "revoke_selected", "_selected_action": [key.pk]})
+    client.post(
+        reverse("admin:policies_apikey_changelist"),
+        {"action": "revoke_selected", "_selected_action": [key.pk]},
+    )
     assert apikey_for_secret(raw=raw) is not None
 
 
@@ -75,15 +78,19 @@ def test_an_org_member_can_read_but_not_add_or_revoke(bob, org_a) -> None:  # ty
     client = logged_in(bob)
     assert client.get(reverse("admin:policies_apikey_changelist")).status_code == 200
     assert client.get(reverse("admin:policies_apikey_add")).status_code == 403
-    client.post(reverse("admin:policies_apikey_changelist"),
-                {"action": "revoke_selected", "_selected_action": [key.pk]})
+    client.post(
+        reverse("admin:policies_apikey_changelist"),
+        {"action": "revoke_selected", "_selected_action": [key.pk]},
+    )
     assert apikey_for_secret(raw=raw) is not None
 
 
 def test_the_revoke_action_revokes_keys(alice, org_a) -> None:  # type: ignore[no-untyped-def]
     key, raw = apikey_create(org=org_a, name="acme-key")
-    response = logged_in(alice).post(reverse("admin:policies_apikey_changelist"),
-                                     {"action": "revoke_selected", "_selected_action": [key.pk]})
+    response = logged_in(alice).post(
+        reverse("admin:policies_apikey_changelist"),
+        {"action": "revoke_selected", "_selected_action": [key.pk]},
+    )
     assert response.status_code == 302
     assert apikey_for_secret(raw=raw) is None
 
@@ -95,8 +102,13 @@ def test_a_provider_key_is_write_only_in_the_admin(staff, shared_provider: Provi
     assert "sk-shared-secret" not in page
     assert shared_provider.api_key_ciphertext not in page
 
-    form = {"name": shared_provider.name, "kind": shared_provider.kind,
-            "base_url": shared_provider.base_url, "is_active": "on", "api_key": ""}
+    form = {
+        "name": shared_provider.name,
+        "kind": shared_provider.kind,
+        "base_url": shared_provider.base_url,
+        "is_active": "on",
+        "api_key": "",
+    }
     assert client.post(url, form).status_code == 302
     assert Provider.objects.get(pk=shared_provider.pk).api_key == "sk-shared-secret"
 
@@ -113,8 +125,9 @@ def test_an_org_admin_can_view_but_not_change_a_shared_provider(alice, shared_pr
     response = client.get(url)
     assert response.status_code == 200
     assert 'name="_save"' not in response.content.decode()
-    response = client.post(url, {"name": "renamed", "kind": "openai",
-                                 "base_url": "http://127.0.0.1:9", "api_key": "x"})
+    response = client.post(
+        url, {"name": "renamed", "kind": "openai", "base_url": "http://127.0.0.1:9", "api_key": "x"}
+    )
     assert response.status_code == 403
     assert Provider.objects.get(pk=shared_provider.pk).name == shared_provider.name
 
@@ -122,26 +135,39 @@ def test_an_org_admin_can_view_but_not_change_a_shared_provider(alice, shared_pr
 def test_only_global_staff_manage_organizations(staff, alice, org_a, free_tier) -> None:  # type: ignore[no-untyped-def]
     add = reverse("admin:policies_organization_add")
     assert logged_in(alice).get(add).status_code == 403
-    response = logged_in(staff).post(add, {"name": "Initech", "slug": "initech",
-                                           "tier": free_tier.pk, "is_active": "on"})
+    response = logged_in(staff).post(
+        add, {"name": "Initech", "slug": "initech", "tier": free_tier.pk, "is_active": "on"}
+    )
     assert response.status_code == 302
     assert Organization.objects.filter(slug="initech").exists()
 
 
 def test_a_duplicate_org_name_is_a_form_error(staff, org_a, free_tier) -> None:  # type: ignore[no-untyped-def]
-    response = logged_in(staff).post(reverse("admin:policies_organization_add"),
-                                     {"name": "ACME", "slug": "acme-2", "tier": free_tier.pk})
+    response = logged_in(staff).post(
+        reverse("admin:policies_organization_add"),
+        {"name": "ACME", "slug": "acme-2", "tier": free_tier.pk},
+    )
     assert response.status_code == 200
     assert "already exists" in response.content.decode()
 
 
 def test_a_model_cannot_use_another_orgs_provider(staff, org_a, org_b) -> None:  # type: ignore[no-untyped-def]
-    provider = Provider.objects.create(org=org_b, name="globex-llm", kind="openai_compatible",
-                                       base_url="http://127.0.0.1:9/v1")
-    response = logged_in(staff).post(reverse("admin:gateway_llmmodel_add"), {
-        "org": org_a.pk, "name": "x", "provider": provider.pk, "upstream_name": "x",
-        "mode": "chat", "input_price_per_million": "1", "output_price_per_million": "1",
-        "cached_input_price_per_million": "0", "is_active": "on",
-    })
+    provider = Provider.objects.create(
+        org=org_b, name="globex-llm", kind="openai_compatible", base_url="http://127.0.0.1:9/v1"
+    )
+    response = logged_in(staff).post(
+        reverse("admin:gateway_llmmodel_add"),
+        {
+            "org": org_a.pk,
+            "name": "x",
+            "provider": provider.pk,
+            "upstream_name": "x",
+            "mode": "chat",
+            "input_price_per_million": "1",
+            "output_price_per_million": "1",
+            "cached_input_price_per_million": "0",
+            "is_active": "on",
+        },
+    )
     assert response.status_code == 200
     assert "shared provider or one of its own org" in response.content.decode()

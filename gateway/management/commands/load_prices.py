@@ -10,7 +10,7 @@ from gateway.services import SEED_PRICES, PriceListError, prices_load
 
 
 class Command(BaseCommand):
-    help = "Load the shared providers and model prices from a JSON price list (default: the seed list)."
+    help = "Load shared providers and model prices from a JSON price list (default: the seed list)."
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--file", type=Path, default=SEED_PRICES)
@@ -30,8 +30,9 @@ class Command(BaseCommand):
                     sys.stderr.write("\n")
 
         try:
-            result = prices_load(path=options["file"], update_existing=options["update"],
-                                 progress=progress)
+            result = prices_load(
+                path=options["file"], update_existing=options["update"], progress=progress
+            )
         except PriceListError as exc:
             raise CommandError(str(exc)) from None
         self.stdout.write(
