@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from django import forms
 from django.contrib import admin
@@ -8,6 +8,10 @@ from django.http import HttpRequest
 
 from gateway.models import LlmModel, Provider
 from policies.admin_scope import OrgScopedAdmin, request_scope
+
+if TYPE_CHECKING:
+    from django.contrib.admin.options import _FieldGroups
+    from django.utils.datastructures import _ListOrTuple
 
 
 class ProviderForm(forms.ModelForm):  # type: ignore[type-arg]
@@ -48,8 +52,16 @@ class ProviderAdmin(OrgScopedAdmin):
     def has_api_key(self, obj: Provider) -> bool:
         return obj.has_api_key
 
-    def get_fields(self, request: HttpRequest, obj: Any = None) -> list[str]:
-        fields = ["org", "name", "kind", "base_url", "api_key", "clear_api_key", "is_active"]
+    def get_fields(self, request: HttpRequest, obj: Any = None) -> _FieldGroups:
+        fields: list[str | _ListOrTuple[str]] = [
+            "org",
+            "name",
+            "kind",
+            "base_url",
+            "api_key",
+            "clear_api_key",
+            "is_active",
+        ]
         if not request_scope(request).is_global:
             fields.remove("org")
         return fields

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 import os
 from collections.abc import Mapping
 from typing import Final
@@ -38,10 +39,10 @@ class Env:
         value = self._raw(name, default)
         return value if value is not None else str(default)
 
-    def optional_str(self, name: str) -> str | None:
+    def optional_str(self, name: builtins.str) -> builtins.str | None:
         return self._raw(name, None)
 
-    def bool(self, name: str, default: bool) -> bool:
+    def bool(self, name: builtins.str, default: bool) -> bool:
         value = self._raw(name, default)
         if value is None:
             return default
@@ -53,7 +54,12 @@ class Env:
         raise ImproperlyConfigured(f"{name}={value!r} is not a boolean (use true or false)")
 
     def int(
-        self, name: str, default: int, *, minimum: int | None = None, maximum: int | None = None
+        self,
+        name: builtins.str,
+        default: int,
+        *,
+        minimum: int | None = None,
+        maximum: int | None = None,
     ) -> int:
         value = self._raw(name, default)
         if value is None:
@@ -68,7 +74,7 @@ class Env:
             raise ImproperlyConfigured(f"{name}={number} is above the maximum {maximum}")
         return number
 
-    def float(self, name: str, default: float, *, minimum: float = 0.0) -> float:
+    def float(self, name: builtins.str, default: float, *, minimum: float = 0.0) -> float:
         value = self._raw(name, default)
         if value is None:
             return default
@@ -80,13 +86,19 @@ class Env:
             raise ImproperlyConfigured(f"{name}={number} is below the minimum {minimum}")
         return number
 
-    def list(self, name: str, default: list[str]) -> list[str]:
+    def list(self, name: builtins.str, default: list[builtins.str]) -> list[builtins.str]:
         value = self._raw(name, default)
         if value is None:
             return list(default)
         return [item.strip() for item in value.split(",") if item.strip()]
 
-    def url(self, name: str, *, schemes: set[str], default: str | _Missing = REQUIRED) -> str:
+    def url(
+        self,
+        name: builtins.str,
+        *,
+        schemes: set[builtins.str],
+        default: builtins.str | _Missing = REQUIRED,
+    ) -> builtins.str:
         value = self._raw(name, default)
         url = value if value is not None else str(default)
         parts = urlsplit(url)

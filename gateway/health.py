@@ -7,7 +7,7 @@ import contextlib
 import math
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import psycopg
 import redis
@@ -86,7 +86,11 @@ def check_worker() -> dict[str, Any]:
         settings.REDIS_URL, socket_timeout=_timeout(), socket_connect_timeout=_timeout()
     )
     try:
-        newest = client.zrevrange(key(*WORKERS_KEY), 0, -1, withscores=True)
+        # Without decode_responses, WITHSCORES gives (member bytes, float score) pairs.
+        newest = cast(
+            "list[tuple[bytes, float]]",
+            client.zrevrange(key(*WORKERS_KEY), 0, -1, withscores=True),
+        )
     finally:
         client.close()
     now = time.time()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from decimal import Decimal
+from typing import TypedDict
 
 from django.core.validators import MinValueValidator
 from django.db import models
@@ -10,10 +11,18 @@ from django.db.models import Q
 
 from gateway import crypto
 
+
+class _PriceFieldOptions(TypedDict):
+    max_digits: int
+    decimal_places: int
+    default: Decimal
+    validators: list[MinValueValidator]
+
+
 # Prices are USD per million tokens with 6 decimals: one millionth of a dollar per
 # million tokens is the smallest step, so per-token costs are whole pico-dollars and
 # sums stay exact.
-PRICE_FIELD = {
+PRICE_FIELD: _PriceFieldOptions = {
     "max_digits": 12,
     "decimal_places": 6,
     "default": Decimal("0"),

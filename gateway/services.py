@@ -56,12 +56,12 @@ def prices_load(
         raise PriceListError(f"cannot read {path}: {exc}") from None
     providers: dict[str, Provider] = {}
     for entry in data.get("providers", []):
-        provider, _ = Provider.objects.get_or_create(
+        shared_provider, _ = Provider.objects.get_or_create(
             org=None,
             name=entry["name"],
             defaults={"kind": entry["kind"], "base_url": entry["base_url"]},
         )
-        providers[provider.name] = provider
+        providers[shared_provider.name] = shared_provider
     result = PriceLoadResult()
     models = data.get("models", [])
     for index, entry in enumerate(models, start=1):

@@ -204,6 +204,13 @@ TOLLGATE_UPSTREAM_CONNECT_TIMEOUT = env.float(
 TOLLGATE_UPSTREAM_READ_TIMEOUT = env.float("TOLLGATE_UPSTREAM_READ_TIMEOUT", 300.0, minimum=0.1)
 TOLLGATE_UPSTREAM_MAX_CONNECTIONS = env.int("TOLLGATE_UPSTREAM_MAX_CONNECTIONS", 2000, minimum=1)
 
+# Limits: reservations and concurrency leases of a request that died expire after this.
+TOLLGATE_LIMIT_LEASE_SECONDS = env.float("TOLLGATE_LIMIT_LEASE_SECONDS", 600.0, minimum=1.0)
+# After this many Redis failures in a row the limiter stops trying for a while and applies
+# each limit's failure mode at once (fail_open admits, fail_closed answers 503).
+TOLLGATE_LIMITER_BREAKER_FAILURES = env.int("TOLLGATE_LIMITER_BREAKER_FAILURES", 3, minimum=1)
+TOLLGATE_LIMITER_BREAKER_SECONDS = env.float("TOLLGATE_LIMITER_BREAKER_SECONDS", 2.0, minimum=0.1)
+
 # Client requests larger than this get 413.
 TOLLGATE_MAX_BODY_BYTES = env.int("TOLLGATE_MAX_BODY_BYTES", 10 * 1024 * 1024, minimum=1024)
 

@@ -12,7 +12,7 @@ import logging
 from collections import defaultdict
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Any
+from typing import Any, cast
 
 import redis
 from django.db import connection, transaction
@@ -170,7 +170,11 @@ def usage_flush(*, consumer: str, batch_size: int = 1000, max_batches: int = 20)
             stream, GROUP, consumer, min_idle_time=CLAIM_IDLE_MS, start_id="0-0", count=batch_size
         )
         if not entries:
-            response = client.xreadgroup(GROUP, consumer, {stream: ">"}, count=batch_size)
+            # RESP2 reply: [[stream name, [(entry id, fields), ...]], ...].
+            response = cast(
+                "list[list[Any]]",
+                client.xreadgroup(GROUP, consumer, {stream: ">"}, count=batch_size),
+            )
             entries = response[0][1] if response else []
         if not entries:
             break

@@ -93,12 +93,10 @@ class OrganizationViewSet(viewsets.ModelViewSet):  # type: ignore[type-arg]
                 LlmModel.objects.filter(org=instance).delete()
                 instance.delete()
         except (ProtectedError, RestrictedError) as exc:
-            names = sorted(
-                {
-                    str(obj)
-                    for obj in getattr(exc, "protected_objects", None) or exc.restricted_objects
-                }
-            )[:10]
+            blocking = (
+                exc.protected_objects if isinstance(exc, ProtectedError) else exc.restricted_objects
+            )
+            names = sorted({str(obj) for obj in blocking})[:10]
             raise InUse(f"Still in use by: {', '.join(names)}.") from None
 
 

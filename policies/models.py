@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.core.validators import RegexValidator
 from django.db import models
 from django.db.models.functions import Lower
@@ -157,3 +158,124 @@ class ApiKey(models.Model):
         if self.is_expired:
             return "expired"
         return "active"
+
+
+def default_thresholds() -> list[int]:
+    return [80, 100]
+
+
+class Limit(models.Model):
+    """A limit: (scope, metric, window, amount, action), enforced by ``policies.engine``.
+
+    A limit with a tier and scope ``org`` or ``org_feature`` is a tier default: it applies to
+    every org of the tier that has no limit of its own for the same scope, feature, metric
+    and window.
+    """
+
+    class Scope(models.TextChoices):
+        GLOBAL = "global", "Global (all traffic)"
+        ORG = "org", "Organization"
+        ORG_FEATURE = "org_feature", "Organization + feature"
+        FEATURE = "feature", "Feature (every organization)"
+        API_KEY = "api_key", "API key"
+
+    class Metric(models.TextChoices):
+        REQUESTS = "requests", "Requests"
+        TOKENS = "tokens", "Tokens (input + output)"
+        COST = "cost", "Cost (micro-USD)"
+        CONCURRENT = "concurrent", "Concurrent requests"
+
+    class Window(models.TextChoices):
+        SECOND = "second", "Rolling second"
+        MINUTE = "minute", "Rolling minute"
+        HOUR = "hour", "Rolling hour"
+        DAY = "day", "Rolling 24 hours"
+        CALENDAR_DAY = "calendar_day", "Calendar day (UTC)"
+        CALENDAR_MONTH = "calendar_month", "Calendar month (UTC)"
+        NONE = "none", "None (concurrent requests)"
+
+    class Action(models.TextChoices):
+        REJECT = "reject", "Reject with 429"
+        WAIT = "wait", "Wait for capacity (bounded)"
+        QUEUE = "queue", "Queue for a worker"
+        MONITOR = "monitor", "Monitor only (admit and report)"
+
+    class FailureMode(models.TextChoices):
+        FAIL_OPEN = "fail_open", "Fail open (admit when Redis is down)"
+        FAIL_CLOSED = "fail_closed", "Fail closed (503 when Redis is down)"
+
+    name = models.CharField(max_length=200, blank=True)
+    scope = models.CharField(max_length=16, choices=Scope.choices)
+    tier = models.ForeignKey(
+        Tier,
+        null=True,
+        blank=True,
+        on_delete=models.CASCADE,
+        related_name="limits",
+        help_text="Set for a tier default (scope org or org+feature) instead of an org.",
+    )
+    org = models.ForeignKey(
+        Organization, null=True, blank=True, on_delete=models.CASCADE, related_name="limits"
+    )
+    feature = models.ForeignKey(
+        Feature, null=True, blank=True, on_delete=models.CASCADE, related_name="limits"
+    )
+    api_key = models.ForeignKey(
+        ApiKey, null=True, blank=True, on_delete=models.CASCADE, related_name="limits"
+    )
+    metric = models.CharField(max_length=16, choices=Metric.choices)
+    window = models.CharField(max_length=16, choices=Window.choices)
+    # Requests, tokens, micro-USD (1,000,000 = $1.00) or concurrent requests.
+    amount = models.BigIntegerField()
+    action = models.CharField(max_length=16, choices=Action.choices, default=Action.REJECT)
+    max_wait_seconds = models.FloatField(null=True, blank=True)
+    failure_mode = models.CharField(
+        max_length=16, choices=FailureMode.choices, default=FailureMode.FAIL_OPEN
+    )
+    thresholds = models.JSONField(
+        default=default_thresholds, blank=True, help_text="Alert at these percentages."
+    )
+    default_output_tokens = models.PositiveIntegerField(
+        default=1024,
+        help_text="Output tokens reserved when a request does not give max_tokens.",
+    )
+    is_active = models.BooleanField(default=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["scope", "metric", "window"]
+        indexes = [models.Index(fields=["org", "is_active"], name="limit_org_active")]
+
+    def __str__(self) -> str:
+        return self.name or self.describe()
+
+    def describe(self) -> str:
+        amount = (
+            f"${self.amount / 1_000_000:,.2f}"
+            if self.metric == self.Metric.COST
+            else f"{self.amount:,}"
+        )
+        unit = {
+            self.Metric.REQUESTS: "requests",
+            self.Metric.TOKENS: "tokens",
+            self.Metric.COST: "",
+            self.Metric.CONCURRENT: "concurrent requests",
+        }[self.Metric(self.metric)]
+        per = {
+            self.Window.SECOND: "per second",
+            self.Window.MINUTE: "per minute",
+            self.Window.HOUR: "per hour",
+            self.Window.DAY: "per 24 hours",
+            self.Window.CALENDAR_DAY: "per day",
+            self.Window.CALENDAR_MONTH: "per month",
+            self.Window.NONE: "",
+        }[self.Window(self.window)]
+        return " ".join(part for part in (amount, unit, per) if part)
+
+    def clean(self) -> None:
+        from policies.limit_rules import limit_errors
+
+        errors = limit_errors(self)
+        if errors:
+            raise ValidationError(errors)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from django.db import IntegrityError, transaction
 from django.db.models import Model, QuerySet
@@ -13,6 +13,15 @@ from rest_framework.permissions import SAFE_METHODS, BasePermission
 from rest_framework.request import Request
 
 from policies.selectors import AdminScope, admin_scope_for
+
+if TYPE_CHECKING:
+    from rest_framework.generics import GenericAPIView
+
+    # The mixin is only ever combined with a generic viewset: typing it as one gives it
+    # ``request`` and the APIView methods it calls through super().
+    _ViewSetBase = GenericAPIView[Any]
+else:
+    _ViewSetBase = object
 
 
 def scope_of(request: Request) -> AdminScope:
@@ -49,14 +58,13 @@ class GlobalWriteOnly(BasePermission):
         return request.method in SAFE_METHODS or scope_of(request).is_global
 
 
-class TenantViewSetMixin:
+class TenantViewSetMixin(_ViewSetBase):
     """Visible rows come from ``visible_queryset``; unsafe methods need ownership.
 
     Another org's rows are never found (404); shared rows an org user can read but not
     change answer 403.
     """
 
-    request: Request
     org_field = "org"
     shared_rows = False
     base_queryset: QuerySet[Any]
@@ -68,7 +76,7 @@ class TenantViewSetMixin:
         )
 
     def check_object_permissions(self, request: Request, obj: Model) -> None:
-        super().check_object_permissions(request, obj)  # type: ignore[misc]
+        super().check_object_permissions(request, obj)
         if request.method in SAFE_METHODS:
             return
         scope = scope_of(request)
@@ -85,12 +93,10 @@ class TenantViewSetMixin:
         try:
             instance.delete()
         except (ProtectedError, RestrictedError) as exc:
-            names = sorted(
-                {
-                    str(obj)
-                    for obj in getattr(exc, "protected_objects", None) or exc.restricted_objects
-                }
-            )[:10]
+            blocking = (
+                exc.protected_objects if isinstance(exc, ProtectedError) else exc.restricted_objects
+            )
+            names = sorted({str(obj) for obj in blocking})[:10]
             raise InUse(f"Still in use by: {', '.join(names)}.") from None
 
 

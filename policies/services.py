@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from datetime import datetime
+from typing import TYPE_CHECKING
 
-from django.contrib.auth.base_user import AbstractBaseUser
 from django.db import transaction
 from django.utils import timezone
 
@@ -13,6 +13,9 @@ from gateway.models import LlmModel
 from gateway.proxy.catalog import config_changed
 from policies import keys
 from policies.models import ApiKey, Feature, Organization
+
+if TYPE_CHECKING:
+    from django.contrib.auth.models import AnonymousUser, User
 
 
 class KeyScopeError(ValueError):
@@ -24,7 +27,7 @@ def apikey_create(
     *,
     org: Organization,
     name: str,
-    actor: AbstractBaseUser | None = None,
+    actor: User | AnonymousUser | None = None,
     default_feature: Feature | None = None,
     allowed_features: Iterable[Feature] = (),
     allowed_models: Iterable[LlmModel] = (),
@@ -73,7 +76,7 @@ def apikey_set_allowed(
     )
 
 
-def apikey_revoke(*, key: ApiKey, actor: AbstractBaseUser | None = None) -> ApiKey:
+def apikey_revoke(*, key: ApiKey, actor: User | AnonymousUser | None = None) -> ApiKey:
     """Revoke a key (idempotent: a revoked key keeps its first revocation time)."""
     ApiKey.objects.filter(pk=key.pk, revoked_at__isnull=True).update(revoked_at=timezone.now())
     key.refresh_from_db(fields=["revoked_at"])

@@ -35,8 +35,11 @@ from gateway.proxy.http import (
     read_body,
     send_response,
 )
+from gateway.proxy.limits import LimitGate
 from gateway.proxy.usage import Usage, UsageEvent, UsageRecorder
 from policies import keys
+from policies.engine.core import Decision
+from policies.engine.specs import LimitSpec
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +65,11 @@ class Call:
     model: ModelInfo | None = None
     upstream_seconds: float = 0.0
     response_started: bool = False
+    key: KeyInfo | None = None
+    # Limits charged for this request (settled after it), and their headers.
+    limits: tuple[LimitSpec, ...] = ()
+    decision: Decision | None = None
+    rate_headers: Headers = field(default_factory=list)
     # A complete non-streamed answer waiting to be sent: status, body, cost.
     plain: tuple[int, bytes, Decimal] | None = None
 
@@ -79,6 +87,7 @@ class ProxyApp:
     def __init__(self) -> None:
         self.catalog = CatalogCache()
         self.recorder = UsageRecorder()
+        self.gate = LimitGate()
         self.routes = {
             "/v1/chat/completions": ("POST", self.chat_completions),
             "/v1/embeddings": ("POST", self.embeddings),
@@ -123,6 +132,12 @@ class ProxyApp:
         finally:
             total = time.perf_counter() - call.started
             call.event.overhead_ms = round((total - call.upstream_seconds) * 1000, 3)
+            # After the response: reservations become what was really used, leases end.
+            await self.gate.settle(
+                call,
+                tokens=call.event.input_tokens + call.event.output_tokens,
+                cost_usd=Decimal(call.event.cost_usd),
+            )
             await self.recorder.record(call.event)
 
     async def _send_error(self, call: Call, exc: ProxyError) -> None:
@@ -174,6 +189,7 @@ class ProxyApp:
             )
         call.event.org_id = key.org_id
         call.event.api_key_id = key.id
+        call.key = key
         return catalog, key
 
     def _feature(self, call: Call, catalog: Catalog, key: KeyInfo) -> str:
@@ -433,6 +449,7 @@ class ProxyApp:
                     (b"cache-control", b"no-cache"),
                     (b"x-accel-buffering", b"no"),
                     (b"x-request-id", call.request_id.encode()),
+                    *call.rate_headers,
                 ],
             }
         )
@@ -494,6 +511,7 @@ class ProxyApp:
             [
                 (b"x-request-id", call.request_id.encode()),
                 (b"x-tollgate-cost-usd", _money(cost)),
+                *call.rate_headers,
             ],
         )
 
@@ -517,8 +535,9 @@ class ProxyApp:
                     code="invalid_type",
                 )
         stream = _optional_bool(data, "stream")
-        for field_name in ("max_tokens", "max_completion_tokens"):
-            _optional_positive_int(data, field_name)
+        max_tokens = _optional_positive_int(data, "max_completion_tokens")
+        legacy_max = _optional_positive_int(data, "max_tokens")
+        max_tokens = max_tokens if max_tokens is not None else legacy_max
         options = data.get("stream_options")
         if options is not None and not isinstance(options, dict):
             raise ProxyError(
@@ -535,6 +554,9 @@ class ProxyApp:
             # Always ask for usage so streamed calls are counted exactly.
             payload["stream_options"] = {**(options or {}), "include_usage": True}
         estimate = Usage(input_tokens=_estimate_tokens(messages), estimated=True)
+        await self.gate.admit(
+            call, catalog, key, input_tokens=estimate.input_tokens, max_tokens=max_tokens
+        )
         await self._relay(
             call,
             self._url(model.provider, "/chat/completions"),
@@ -571,6 +593,7 @@ class ProxyApp:
         self._feature(call, catalog, key)
         model = self._model(call, catalog, key, name, mode="embedding", kinds=OPENAI_KINDS)
         estimate = Usage(input_tokens=_estimate_tokens(given), estimated=True)
+        await self.gate.admit(call, catalog, key, input_tokens=estimate.input_tokens, max_tokens=0)
         await self._relay(
             call,
             self._url(model.provider, "/embeddings"),
@@ -584,7 +607,8 @@ class ProxyApp:
         catalog, key = await self._authenticate(call)
         data = await self._json_body(call)
         name = _require_str(data, "model")
-        if _optional_positive_int(data, "max_tokens") is None:
+        max_tokens = _optional_positive_int(data, "max_tokens")
+        if max_tokens is None:
             raise ProxyError(
                 400, "'max_tokens' is required.", param="max_tokens", code="missing_field"
             )
@@ -598,6 +622,9 @@ class ProxyApp:
         model = self._model(call, catalog, key, name, mode="chat", kinds=frozenset({"anthropic"}))
         estimate = Usage(
             input_tokens=_estimate_tokens([data.get("system"), messages]), estimated=True
+        )
+        await self.gate.admit(
+            call, catalog, key, input_tokens=estimate.input_tokens, max_tokens=max_tokens
         )
         await self._relay(
             call,
@@ -637,6 +664,7 @@ class ProxyApp:
         )
 
     async def close(self) -> None:
+        await self.gate.close()
         await self.catalog.close()
         await self.recorder.close()
         await upstream.close_session()

@@ -13,6 +13,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from decimal import Decimal
+from typing import cast
 
 import redis
 import redis.asyncio as aioredis
@@ -20,6 +21,7 @@ from django.conf import settings
 from django.db import close_old_connections, transaction
 
 from gateway.redis import get_redis, key
+from policies.engine.specs import LimitIndex, load_limit_index
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +61,8 @@ class KeyInfo:
     key_hash: str
     org_id: int
     org_slug: str
+    tier_id: int
+    name: str
     default_feature: str | None
     allowed_features: frozenset[str] | None  # None: every feature
     allowed_models: frozenset[int] | None  # None: every model of the org
@@ -71,6 +75,7 @@ class Catalog:
     # (org id or None for shared, public name) -> model
     models: dict[tuple[int | None, str], ModelInfo] = field(default_factory=dict)
     features: frozenset[str] = frozenset()
+    limits: LimitIndex = field(default_factory=LimitIndex)
     loaded_at: float = 0.0
 
     def model_for(self, org_id: int, name: str) -> ModelInfo | None:
@@ -127,15 +132,20 @@ def load_catalog() -> Catalog:
                 key_hash=k.key_hash,
                 org_id=k.org_id,
                 org_slug=k.org.slug,
+                tier_id=k.org.tier_id,
+                name=k.name,
                 default_feature=k.default_feature.name if k.default_feature else None,
                 allowed_features=allowed_features if k.restrict_features else None,
                 allowed_models=allowed_models if k.restrict_models else None,
                 expires_at=k.expires_at.timestamp() if k.expires_at else None,
             )
         features = frozenset(Feature.objects.values_list("name", flat=True))
+        limits = load_limit_index()
     finally:
         close_old_connections()
-    return Catalog(keys=keys, models=models, features=features, loaded_at=time.time())
+    return Catalog(
+        keys=keys, models=models, features=features, limits=limits, loaded_at=time.time()
+    )
 
 
 def config_changed() -> None:
@@ -180,7 +190,8 @@ class CatalogCache:
                 socket_connect_timeout=settings.REDIS_CONNECT_TIMEOUT,
             )
         try:
-            return await self._redis.get(key(*VERSION_KEY))
+            # The client does not decode responses, so GET gives bytes (or None).
+            return cast("bytes | None", await self._redis.get(key(*VERSION_KEY)))
         except (redis.RedisError, OSError):
             return self.version
 

@@ -62,6 +62,7 @@ class ProxyError(Exception):
         headers: Headers | None = None,
         outcome: str = "client_error",
         body: bytes | None = None,
+        extra: dict[str, Any] | None = None,
     ) -> None:
         super().__init__(message)
         self.status = status
@@ -72,26 +73,25 @@ class ProxyError(Exception):
         self.headers = headers or []
         self.outcome = outcome
         self.body = body  # a ready body (e.g. the provider's own error), sent as is
+        self.extra = extra or {}  # more fields of the error object (the 429 contract)
 
     def render(self, anthropic: bool) -> bytes:
         if self.body is not None:
             return self.body
         if anthropic:
-            kind = self.error_type or _ANTHROPIC_TYPES.get(self.status, "api_error")
-            return json.dumps(
-                {"type": "error", "error": {"type": kind, "message": self.message}}
-            ).encode()
+            # Anthropic's SDK reads the status; its error types are fixed per status.
+            kind = _ANTHROPIC_TYPES.get(self.status, "api_error")
+            error = {"type": kind, "message": self.message, **self.extra}
+            return json.dumps({"type": "error", "error": error}).encode()
         kind = self.error_type or _OPENAI_TYPES.get(self.status, "invalid_request_error")
-        return json.dumps(
-            {
-                "error": {
-                    "message": self.message,
-                    "type": kind,
-                    "param": self.param,
-                    "code": self.code,
-                }
-            }
-        ).encode()
+        error = {
+            "message": self.message,
+            "type": kind,
+            "param": self.param,
+            "code": self.code,
+            **self.extra,
+        }
+        return json.dumps({"error": error}).encode()
 
 
 def header_map(scope: Scope) -> dict[bytes, bytes]:

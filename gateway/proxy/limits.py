@@ -1,0 +1,213 @@
+"""The proxy's side of the policy engine: reserve before the upstream call, settle after,
+and answer a denial with the 429 contract (body and headers) of DESIGN.md."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+from decimal import Decimal
+from typing import Any
+
+from gateway.proxy.catalog import Catalog, KeyInfo
+from gateway.proxy.http import Headers, ProxyError
+from policies.engine.core import Crossing, Decision
+from policies.engine.limiter import (
+    Limiter,
+    LimiterUnavailable,
+    actuals_for,
+    charges_for,
+    crossing_event,
+    fail_open_event,
+)
+from policies.engine.specs import LimitSpec
+
+log = logging.getLogger(__name__)
+
+
+class LimitGate:
+    def __init__(self) -> None:
+        self.limiter = Limiter()
+        self._background: set[asyncio.Task[None]] = set()
+
+    async def admit(
+        self,
+        call: Any,
+        catalog: Catalog,
+        key: KeyInfo,
+        *,
+        input_tokens: int,
+        max_tokens: int | None,
+    ) -> None:
+        feature = call.event.feature
+        limits = catalog.limits.applicable(
+            org_id=key.org_id, tier_id=key.tier_id, feature=feature, key_id=key.id
+        )
+        if not limits:
+            return
+        model = call.model
+        charges = charges_for(
+            limits,
+            input_tokens=input_tokens,
+            max_tokens=max_tokens,
+            input_price=model.input_price,
+            output_price=model.output_price,
+        )
+        try:
+            decision = await self.limiter.admit(call.request_id, limits, charges, org_id=key.org_id)
+        except LimiterUnavailable as exc:
+            raise ProxyError(
+                503,
+                "Limits cannot be checked right now (the limiter's store is "
+                f"unreachable) and {exc.limit.description} is set to fail closed.",
+                code="limiter_unavailable",
+                outcome="rate_limited",
+                headers=[(b"retry-after", b"1")],
+            ) from None
+        self._publish_crossings(decision.crossings, key, feature)
+        if decision.degraded:
+            self._publish([fail_open_event(limits, org_id=key.org_id, org_slug=key.org_slug)])
+            call.event.error = "limits not checked: fail-open"
+            return
+        if not decision.admitted:
+            raise denial(decision, key=key, feature=feature)
+        call.limits = limits
+        call.decision = decision
+        call.rate_headers = rate_headers(decision)
+
+    async def settle(self, call: Any, *, tokens: int, cost_usd: Decimal) -> None:
+        if not call.limits:
+            return
+        key: KeyInfo = call.key
+        crossings = await self.limiter.settle(
+            call.request_id,
+            call.limits,
+            actuals_for(call.limits, tokens=tokens, cost_usd=cost_usd),
+            org_id=key.org_id,
+        )
+        self._publish_crossings(crossings, key, call.event.feature)
+
+    def _publish_crossings(self, crossings: list[Crossing], key: KeyInfo, feature: str) -> None:
+        if crossings:
+            self._publish(
+                [
+                    crossing_event(c, org_id=key.org_id, org_slug=key.org_slug, feature=feature)
+                    for c in crossings
+                ]
+            )
+
+    def _publish(self, items: list[dict[str, Any]]) -> None:
+        # Not awaited by the request: events go out beside it.
+        task = asyncio.get_running_loop().create_task(self.limiter.publish(items))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def close(self) -> None:
+        await self.limiter.close()
+
+
+def duration(seconds: float) -> str:
+    """OpenAI's reset format: 20ms, 1s, 6m0s, 1h2m3s."""
+    if seconds < 1:
+        return f"{max(math.ceil(seconds * 1000), 0)}ms"
+    whole = math.ceil(seconds)
+    hours, rest = divmod(whole, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours}h{minutes}m{secs}s"
+    if minutes:
+        return f"{minutes}m{secs}s"
+    return f"{secs}s"
+
+
+def _tightest(decision: Decision, metric: str) -> int | None:
+    best: int | None = None
+    for i, spec in enumerate(decision.limits):
+        if spec.metric != metric or spec.action == "monitor" or i >= len(decision.used):
+            continue
+        if best is None or decision.remaining(i) < decision.remaining(best):
+            best = i
+    return best
+
+
+def rate_headers(decision: Decision, denied: int | None = None) -> Headers:
+    headers: Headers = []
+    overall = denied
+    for metric in ("requests", "tokens"):
+        i = (
+            denied
+            if denied is not None and decision.limits[denied].metric == metric
+            else _tightest(decision, metric)
+        )
+        if i is None:
+            continue
+        reset = decision.reset_ms[i] / 1000
+        headers += [
+            (f"x-ratelimit-limit-{metric}".encode(), str(decision.limits[i].amount).encode()),
+            (f"x-ratelimit-remaining-{metric}".encode(), str(decision.remaining(i)).encode()),
+            (f"x-ratelimit-reset-{metric}".encode(), duration(reset).encode()),
+        ]
+        if overall is None:
+            overall = i
+    if overall is None:
+        overall = min(
+            range(len(decision.limits)),
+            key=lambda i: decision.remaining(i) / max(decision.limits[i].amount, 1),
+            default=None,
+        )
+    if overall is not None and overall < len(decision.used):
+        reset_ms = (
+            decision.retry_ms
+            if denied is not None and decision.retry_ms > 0
+            else decision.reset_ms[overall]
+        )
+        headers += [
+            (b"x-ratelimit-limit", str(decision.limits[overall].amount).encode()),
+            (b"x-ratelimit-remaining", str(decision.remaining(overall)).encode()),
+            (b"x-ratelimit-reset", str(math.ceil(max(reset_ms, 0) / 1000)).encode()),
+        ]
+    return headers
+
+
+def _subject(spec: LimitSpec, key: KeyInfo, feature: str) -> str:
+    if spec.scope == "global":
+        return "this gateway"
+    if spec.scope == "org":
+        return f"org {key.org_slug}"
+    if spec.scope == "org_feature":
+        return f"feature {spec.feature or feature}"
+    if spec.scope == "feature":
+        return f"feature {spec.feature} (all organizations)"
+    return f"API key {key.name}"
+
+
+def denial(decision: Decision, *, key: KeyInfo, feature: str) -> ProxyError:
+    spec = decision.denied
+    assert spec is not None
+    index = list(decision.limits).index(spec)
+    budget = spec.metric == "cost"
+    never = decision.retry_ms < 0
+    reset = spec.window_seconds if never else max(math.ceil(decision.retry_ms / 1000), 1)
+    kind = "Budget exceeded" if budget else "Rate limit exceeded"
+    message = f"{kind} for {_subject(spec, key, feature)}: {spec.description}"
+    if never:
+        message += (
+            " (this request alone needs more than the whole limit; lower max_tokens or the input)"
+        )
+    headers = rate_headers(decision, denied=index)
+    headers.append((b"retry-after", str(reset).encode()))
+    return ProxyError(
+        429,
+        message,
+        error_type="budget_exceeded" if budget else "rate_limit_exceeded",
+        code=spec.code,
+        headers=headers,
+        outcome="rate_limited",
+        extra={
+            "scope": spec.scope,
+            "feature": spec.feature or (feature if spec.scope == "org_feature" else None),
+            "limit": spec.amount,
+            "window_seconds": spec.window_seconds,
+            "reset_in_seconds": reset,
+        },
+    )

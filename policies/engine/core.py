@@ -1,0 +1,88 @@
+"""The limiter script's arguments and answers, shared by the async and sync clients."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from policies.engine.specs import LimitSpec
+
+SCRIPT = (Path(__file__).parent / "limiter.lua").read_text()
+
+
+@dataclass(frozen=True, slots=True)
+class Crossing:
+    limit: LimitSpec
+    threshold: int
+    used: int
+
+
+@dataclass(slots=True)
+class Decision:
+    admitted: bool
+    limits: Sequence[LimitSpec]
+    charges: Sequence[int]
+    used: list[int] = field(default_factory=list)
+    reset_ms: list[int] = field(default_factory=list)
+    denied: LimitSpec | None = None
+    retry_ms: int = 0
+    crossings: list[Crossing] = field(default_factory=list)
+    degraded: bool = False  # Redis was unreachable and the limits' failure modes decided
+
+    @property
+    def retry_seconds(self) -> float | None:
+        """Seconds until the denying limit has room, or None if this request never fits."""
+        if self.retry_ms < 0:
+            return None
+        return self.retry_ms / 1000
+
+    def remaining(self, index: int) -> int:
+        return max(self.limits[index].amount - self.used[index], 0)
+
+
+def script_args(
+    mode: str,
+    request_id: str,
+    limits: Sequence[LimitSpec],
+    charges: Sequence[int],
+    *,
+    org_id: int,
+    prefix: str,
+    lease_ms: int,
+    now_ms: int = 0,
+) -> tuple[list[str], list[str | int]]:
+    keys: list[str] = []
+    argv: list[str | int] = [mode, now_ms, request_id, lease_ms, len(limits)]
+    for spec, charge in zip(limits, charges, strict=True):
+        base = spec.counter_key(prefix, org_id)
+        keys += [f"{base}:c", f"{base}:h", f"{base}:a"]
+        argv += [
+            spec.kind,
+            spec.window_ms,
+            spec.amount,
+            charge,
+            spec.charge_class,
+            "1" if spec.action == "monitor" else "0",
+            spec.thresholds,
+        ]
+    return keys, argv
+
+
+def parse(raw: list[int | bytes], limits: Sequence[LimitSpec], charges: Sequence[int]) -> Decision:
+    marker = raw.index(b"#")
+    admitted, denied, retry = int(raw[0]), int(raw[1]), int(raw[2])
+    decision = Decision(admitted=bool(admitted), limits=limits, charges=charges, retry_ms=retry)
+    if denied:
+        decision.denied = limits[denied - 1]
+    body = raw[3:marker]
+    decision.used = [int(v) for v in body[0::2]]
+    decision.reset_ms = [int(v) for v in body[1::2]]
+    tail = raw[marker + 1 :]
+    for i in range(0, len(tail), 3):
+        decision.crossings.append(
+            Crossing(
+                limit=limits[int(tail[i]) - 1], threshold=int(tail[i + 1]), used=int(tail[i + 2])
+            )
+        )
+    return decision

@@ -1,0 +1,295 @@
+-- Tollgate limiter: check and charge every limit of one request atomically.
+--
+-- ARGV[1]  'admit' or 'settle'
+-- ARGV[2]  now in ms, or '0' for the Redis server clock (tests pin the clock)
+-- ARGV[3]  request id (member of holds and leases)
+-- ARGV[4]  lease in ms (holds and concurrency leases expire after it: a crashed request
+--          never keeps capacity)
+-- ARGV[5]  number of limits; then 7 values per limit:
+--          kind     'r' rolling, 'd' calendar day, 'm' calendar month, 'c' concurrent
+--          window   window in ms (rolling) or 0
+--          amount   the limit
+--          charge   admit: what this request needs; settle: what it really used
+--          class    'n' counted at once (requests), 'h' held then settled (tokens, cost),
+--                   'c' concurrency lease
+--          monitor  '1': never deny, only count and report
+--          thresholds  comma-separated percentages, e.g. '80,100'
+-- KEYS: 3 per limit: counter hash, holds/leases sorted set, hold amounts hash.
+--
+-- Returns {admitted, denied_index, retry_ms, used_1, reset_ms_1, ..., '#', crossings...}
+-- where crossings are triples (limit index, threshold, used).
+
+local mode = ARGV[1]
+local now = tonumber(ARGV[2])
+if now == 0 then
+  local t = redis.call('TIME')
+  now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+local rid = ARGV[3]
+local lease = tonumber(ARGV[4])
+local n = tonumber(ARGV[5])
+local floor = math.floor
+
+-- Rolling windows are counted in at least 60 sub-buckets, kept in a ring of fields
+-- 'b<slot>' = '<bucket id>:<value>'. The count includes the bucket a window started in,
+-- so no interval of the window's length ever holds more than the limit.
+local function ring(window)
+  local bms = floor(window / 60)
+  if bms < 1 then bms = 1 end
+  local nb = math.ceil(window / bms)
+  return bms, nb
+end
+
+local function days_from_civil(y, m, d)
+  if m <= 2 then y = y - 1 end
+  local era = floor(y / 400)
+  local yoe = y - era * 400
+  local mp = (m > 2) and (m - 3) or (m + 9)
+  local doy = floor((153 * mp + 2) / 5) + d - 1
+  local doe = yoe * 365 + floor(yoe / 4) - floor(yoe / 100) + doy
+  return era * 146097 + doe - 719468
+end
+
+local function civil(days)
+  local z = days + 719468
+  local era = floor(z / 146097)
+  local doe = z - era * 146097
+  local yoe = floor((doe - floor(doe / 1460) + floor(doe / 36524) - floor(doe / 146096)) / 365)
+  local doy = doe - (365 * yoe + floor(yoe / 4) - floor(yoe / 100))
+  local mp = floor((5 * doy + 2) / 153)
+  local m = (mp < 10) and (mp + 3) or (mp - 9)
+  local y = yoe + era * 400
+  if m <= 2 then y = y + 1 end
+  return y, m
+end
+
+-- The current calendar period: its id and when it ends (UTC).
+local function period(kind)
+  local day = floor(now / 86400000)
+  if kind == 'd' then
+    return day, (day + 1) * 86400000
+  end
+  local y, m = civil(day)
+  local ny, nm = y, m + 1
+  if nm == 13 then ny, nm = y + 1, 1 end
+  return y * 12 + m, days_from_civil(ny, nm, 1) * 86400000
+end
+
+-- Committed usage of a counter: total, ms until some of it frees, buckets oldest first.
+local function committed(ck, kind, window)
+  if kind == 'r' then
+    local bms, nb = ring(window)
+    local cur = floor(now / bms)
+    local fields = redis.call('HGETALL', ck)
+    local total, buckets = 0, {}
+    for i = 1, #fields, 2 do
+      if string.sub(fields[i], 1, 1) == 'b' then
+        local id, v = string.match(fields[i + 1], '^(%d+):(%-?%d+)$')
+        id = tonumber(id)
+        if id and id >= cur - nb and id <= cur then
+          v = tonumber(v)
+          total = total + v
+          buckets[#buckets + 1] = {id, v}
+        end
+      end
+    end
+    table.sort(buckets, function(a, b) return a[1] < b[1] end)
+    local reset = 0
+    if #buckets > 0 then reset = (buckets[1][1] + nb + 1) * bms - now end
+    return total, reset, buckets, bms, nb
+  elseif kind == 'd' or kind == 'm' then
+    local pid, ends = period(kind)
+    local stored = redis.call('HMGET', ck, 'pid', 'pv')
+    local total = 0
+    if tonumber(stored[1]) == pid then total = tonumber(stored[2]) or 0 end
+    return total, ends - now, nil, 0, 0
+  end
+  return 0, 0, nil, 0, 0
+end
+
+local function add_committed(ck, kind, window, value)
+  if value == 0 then return end
+  if kind == 'r' then
+    local bms, nb = ring(window)
+    local cur = floor(now / bms)
+    local field = 'b' .. (cur % (nb + 1))
+    local old = redis.call('HGET', ck, field)
+    local v = value
+    if old then
+      local id, ov = string.match(old, '^(%d+):(%-?%d+)$')
+      if tonumber(id) == cur then v = v + tonumber(ov) end
+    end
+    redis.call('HSET', ck, field, cur .. ':' .. v)
+    redis.call('PEXPIRE', ck, window * 2 + bms + lease)
+  else
+    local pid, ends = period(kind)
+    local stored = tonumber(redis.call('HGET', ck, 'pid'))
+    if stored ~= pid then
+      redis.call('HSET', ck, 'pid', pid, 'pv', value)
+    else
+      redis.call('HINCRBY', ck, 'pv', value)
+    end
+    redis.call('PEXPIREAT', ck, ends + 86400000)
+  end
+end
+
+-- Holds (reserved tokens or cost) whose request died are released here.
+local function held(ck, hk, ak)
+  local gone = redis.call('ZRANGEBYSCORE', hk, '-inf', now, 'LIMIT', 0, 500)
+  if #gone > 0 then
+    local amounts = redis.call('HMGET', ak, unpack(gone))
+    local freed = 0
+    for i = 1, #amounts do freed = freed + (tonumber(amounts[i]) or 0) end
+    redis.call('ZREM', hk, unpack(gone))
+    redis.call('HDEL', ak, unpack(gone))
+    redis.call('HINCRBY', ck, 'held', -freed)
+  end
+  return tonumber(redis.call('HGET', ck, 'held') or '0')
+end
+
+local function leases(hk)
+  redis.call('ZREMRANGEBYSCORE', hk, '-inf', now)
+  return redis.call('ZCARD', hk)
+end
+
+-- One report per threshold per window: the marker holds the window it was sent in.
+local function crossings(out, i, ck, kind, window, amount, before, after, thresholds, force)
+  if thresholds == '' then return end
+  local mark
+  if kind == 'd' or kind == 'm' then
+    mark = period(kind)
+  elseif kind == 'r' then
+    mark = floor(now / window)
+  else
+    mark = floor(now / 60000)
+  end
+  for t in string.gmatch(thresholds, '%d+') do
+    local level = tonumber(t) * amount / 100
+    if (before < level and after >= level) or (force and tonumber(t) == 100) then
+      local field = 'x' .. t
+      local last = tonumber(redis.call('HGET', ck, field))
+      if last ~= mark then
+        redis.call('HSET', ck, field, mark)
+        out[#out + 1] = i
+        out[#out + 1] = tonumber(t)
+        out[#out + 1] = after
+      end
+    end
+  end
+end
+
+local specs = {}
+for i = 1, n do
+  local a = 5 + (i - 1) * 7
+  specs[i] = {
+    kind = ARGV[a + 1], window = tonumber(ARGV[a + 2]), amount = tonumber(ARGV[a + 3]),
+    charge = tonumber(ARGV[a + 4]), class = ARGV[a + 5], monitor = ARGV[a + 6] == '1',
+    thresholds = ARGV[a + 7],
+    ck = KEYS[(i - 1) * 3 + 1], hk = KEYS[(i - 1) * 3 + 2], ak = KEYS[(i - 1) * 3 + 3],
+  }
+end
+
+local result, found = {}, {}
+
+if mode == 'settle' then
+  for i = 1, n do
+    local s = specs[i]
+    if s.class == 'c' then
+      redis.call('ZREM', s.hk, rid)
+    elseif s.class == 'h' then
+      local before_held = held(s.ck, s.hk, s.ak)
+      local before = committed(s.ck, s.kind, s.window) + before_held
+      local reserved = tonumber(redis.call('HGET', s.ak, rid))
+      if reserved then
+        redis.call('ZREM', s.hk, rid)
+        redis.call('HDEL', s.ak, rid)
+        redis.call('HINCRBY', s.ck, 'held', -reserved)
+      else
+        reserved = 0
+      end
+      add_committed(s.ck, s.kind, s.window, s.charge)
+      crossings(found, i, s.ck, s.kind, s.window, s.amount, before, before - reserved + s.charge,
+                s.thresholds, false)
+    end
+  end
+  result[1] = 1
+  result[2] = 0
+  result[3] = 0
+  result[4] = '#'
+  for j = 1, #found do result[#result + 1] = found[j] end
+  return result
+end
+
+-- admit: check every limit, then charge all or none.
+local used, resets, buckets = {}, {}, {}
+local denied, retry = 0, 0
+for i = 1, n do
+  local s = specs[i]
+  local u, reset, b = 0, 0, nil
+  if s.class == 'c' then
+    u = leases(s.hk)
+    reset = 1000
+  else
+    u, reset, b = committed(s.ck, s.kind, s.window)
+    if s.class == 'h' then u = u + held(s.ck, s.hk, s.ak) end
+  end
+  used[i], resets[i], buckets[i] = u, reset, b
+  if denied == 0 and not s.monitor and u + s.charge > s.amount then
+    denied = i
+    if s.charge > s.amount then
+      retry = -1  -- this request alone is larger than the limit
+    elseif s.kind == 'r' and b then
+      local need, freed = u + s.charge - s.amount, 0
+      local bms, nb = ring(s.window)
+      retry = 1000  -- only holds in the way: they settle soon
+      for j = 1, #b do
+        freed = freed + b[j][2]
+        if freed >= need then
+          retry = (b[j][1] + nb + 1) * bms - now
+          break
+        end
+      end
+    elseif s.kind == 'd' or s.kind == 'm' then
+      retry = reset
+    else
+      retry = 1000
+    end
+  end
+end
+
+if denied > 0 then
+  local s = specs[denied]
+  crossings(found, denied, s.ck, s.kind, s.window, s.amount, used[denied], used[denied], s.thresholds, true)
+else
+  for i = 1, n do
+    local s = specs[i]
+    if s.class == 'n' then
+      add_committed(s.ck, s.kind, s.window, s.charge)
+    elseif s.class == 'h' then
+      redis.call('ZADD', s.hk, now + lease, rid)
+      redis.call('HSET', s.ak, rid, s.charge)
+      redis.call('HINCRBY', s.ck, 'held', s.charge)
+      local ttl = lease * 2
+      if s.kind == 'r' and s.window * 2 > ttl then ttl = s.window * 2 end
+      redis.call('PEXPIRE', s.hk, ttl)
+      redis.call('PEXPIRE', s.ak, ttl)
+      if s.kind == 'r' then redis.call('PEXPIRE', s.ck, ttl) end
+    else
+      redis.call('ZADD', s.hk, now + lease, rid)
+      redis.call('PEXPIRE', s.hk, lease * 2)
+    end
+    crossings(found, i, s.ck, s.kind, s.window, s.amount, used[i], used[i] + s.charge, s.thresholds, false)
+    used[i] = used[i] + s.charge
+  end
+end
+
+result[1] = (denied == 0) and 1 or 0
+result[2] = denied
+result[3] = retry
+for i = 1, n do
+  result[#result + 1] = used[i]
+  result[#result + 1] = resets[i]
+end
+result[#result + 1] = '#'
+for j = 1, #found do result[#result + 1] = found[j] end
+return result

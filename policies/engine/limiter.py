@@ -1,0 +1,273 @@
+"""The async limiter of the proxy: one script call per decision, bounded waits, a circuit
+breaker and each limit's failure mode when Redis is unreachable."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections.abc import Sequence
+from decimal import Decimal
+from typing import Any
+
+import redis
+import redis.asyncio as aioredis
+from django.conf import settings
+
+from policies import events
+from policies.engine.core import SCRIPT, Crossing, Decision, parse, script_args
+from policies.engine.specs import LimitSpec
+
+log = logging.getLogger(__name__)
+
+MICRO = Decimal(1_000_000)
+
+
+class LimiterUnavailable(Exception):
+    """Redis is unreachable and a fail-closed limit applies."""
+
+    def __init__(self, limit: LimitSpec) -> None:
+        super().__init__(limit.description)
+        self.limit = limit
+
+
+class CircuitBreaker:
+    """Stops calling a failing Redis for a while, then lets one probe through."""
+
+    def __init__(self, failures: int, reset_seconds: float) -> None:
+        self.threshold = failures
+        self.reset_seconds = reset_seconds
+        self.failures = 0
+        self.open_until = 0.0
+        self.probing = False
+
+    def allow(self) -> bool:
+        if self.failures < self.threshold:
+            return True
+        now = time.monotonic()
+        if now >= self.open_until and not self.probing:
+            self.probing = True  # half-open: one request tries Redis again
+            return True
+        return False
+
+    def success(self) -> None:
+        self.failures = 0
+        self.probing = False
+
+    def failure(self) -> None:
+        self.failures += 1
+        self.probing = False
+        if self.failures >= self.threshold:
+            self.open_until = time.monotonic() + self.reset_seconds
+
+
+def charges_for(
+    limits: Sequence[LimitSpec],
+    *,
+    input_tokens: int,
+    max_tokens: int | None,
+    input_price: Decimal,
+    output_price: Decimal,
+) -> list[int]:
+    """What a request reserves against each limit before its upstream call."""
+    charges = []
+    for spec in limits:
+        if spec.metric in ("tokens", "cost"):
+            output = max_tokens if max_tokens is not None else spec.default_output_tokens
+            if spec.metric == "tokens":
+                charges.append(input_tokens + output)
+            else:
+                usd = (input_tokens * input_price + output * output_price) / MICRO
+                charges.append(micro_usd(usd))
+        else:
+            charges.append(1)
+    return charges
+
+
+def micro_usd(usd: Decimal) -> int:
+    """Micro-dollars, rounded up: a budget is never undercharged."""
+    return math.ceil(usd * MICRO)
+
+
+def actuals_for(limits: Sequence[LimitSpec], *, tokens: int, cost_usd: Decimal) -> list[int]:
+    return [
+        tokens if s.metric == "tokens" else micro_usd(cost_usd) if s.metric == "cost" else 0
+        for s in limits
+    ]
+
+
+class Limiter:
+    def __init__(self) -> None:
+        self._redis: aioredis.Redis | None = None
+        self._script: Any = None
+        self.breaker = CircuitBreaker(
+            settings.TOLLGATE_LIMITER_BREAKER_FAILURES, settings.TOLLGATE_LIMITER_BREAKER_SECONDS
+        )
+        self._wait_locks: dict[int, asyncio.Lock] = {}
+        self.degraded_decisions = 0
+
+    def _client(self) -> aioredis.Redis:
+        if self._redis is None:
+            self._redis = aioredis.Redis.from_url(
+                settings.REDIS_URL,
+                socket_timeout=settings.REDIS_SOCKET_TIMEOUT,
+                socket_connect_timeout=settings.REDIS_CONNECT_TIMEOUT,
+                max_connections=1024,
+            )
+            self._script = self._redis.register_script(SCRIPT)
+        return self._redis
+
+    async def _call(
+        self,
+        mode: str,
+        request_id: str,
+        limits: Sequence[LimitSpec],
+        charges: Sequence[int],
+        org_id: int,
+        now_ms: int,
+    ) -> Decision:
+        self._client()
+        keys, argv = script_args(
+            mode,
+            request_id,
+            limits,
+            charges,
+            org_id=org_id,
+            prefix=settings.TOLLGATE_REDIS_PREFIX,
+            lease_ms=int(settings.TOLLGATE_LIMIT_LEASE_SECONDS * 1000),
+            now_ms=now_ms,
+        )
+        raw = await self._script(keys=keys, args=argv)
+        return parse(raw, limits, charges)
+
+    async def admit(
+        self,
+        request_id: str,
+        limits: Sequence[LimitSpec],
+        charges: Sequence[int],
+        *,
+        org_id: int,
+        now_ms: int = 0,
+    ) -> Decision:
+        started = time.monotonic()
+        waiting = [s for s in limits if s.action == "wait" and self._lock(s).locked()]
+        if waiting:
+            # Others already wait for this limit: queue behind them, in arrival order.
+            decision = Decision(
+                admitted=False, limits=limits, charges=charges, denied=waiting[0], retry_ms=0
+            )
+        else:
+            decision = await self._guarded(request_id, limits, charges, org_id, now_ms)
+        spec = decision.denied
+        if decision.admitted or spec is None or spec.action != "wait" or decision.retry_ms < 0:
+            return decision
+        deadline = started + (spec.max_wait_seconds or 0)
+        async with self._lock(spec):
+            while True:
+                if waiting:
+                    waiting = []
+                    decision = await self._guarded(request_id, limits, charges, org_id, now_ms)
+                    if decision.admitted or decision.denied is None:
+                        return decision
+                wait = decision.retry_ms / 1000
+                if decision.retry_ms < 0 or time.monotonic() + wait > deadline:
+                    return decision
+                await asyncio.sleep(max(wait, 0.001))
+                decision = await self._guarded(request_id, limits, charges, org_id, now_ms)
+                if decision.admitted or decision.denied is None or decision.denied.action != "wait":
+                    return decision
+
+    def _lock(self, spec: LimitSpec) -> asyncio.Lock:
+        lock = self._wait_locks.get(spec.id)
+        if lock is None:
+            lock = self._wait_locks[spec.id] = asyncio.Lock()
+        return lock
+
+    async def _guarded(
+        self,
+        request_id: str,
+        limits: Sequence[LimitSpec],
+        charges: Sequence[int],
+        org_id: int,
+        now_ms: int,
+    ) -> Decision:
+        if self.breaker.allow():
+            try:
+                decision = await self._call("admit", request_id, limits, charges, org_id, now_ms)
+            except (redis.RedisError, OSError, TimeoutError) as exc:
+                self.breaker.failure()
+                log.warning("limiter: Redis unavailable (%s); applying failure modes", exc)
+            else:
+                self.breaker.success()
+                return decision
+        return self._degraded(limits, charges)
+
+    def _degraded(self, limits: Sequence[LimitSpec], charges: Sequence[int]) -> Decision:
+        self.degraded_decisions += 1
+        closed = [s for s in limits if s.failure_mode == "fail_closed" and s.action != "monitor"]
+        if closed:
+            raise LimiterUnavailable(closed[0])
+        return Decision(
+            admitted=True,
+            limits=limits,
+            charges=charges,
+            used=[0] * len(limits),
+            reset_ms=[0] * len(limits),
+            degraded=True,
+        )
+
+    async def settle(
+        self,
+        request_id: str,
+        limits: Sequence[LimitSpec],
+        actuals: Sequence[int],
+        *,
+        org_id: int,
+        now_ms: int = 0,
+    ) -> list[Crossing]:
+        """Release leases and replace reservations by what the request really used."""
+        if not any(s.charge_class != "n" for s in limits) or not self.breaker.allow():
+            return []
+        try:
+            decision = await self._call("settle", request_id, limits, actuals, org_id, now_ms)
+        except (redis.RedisError, OSError, TimeoutError) as exc:
+            # The holds expire with their lease; nothing stays charged for ever.
+            self.breaker.failure()
+            log.warning("limiter: could not settle %s (%s)", request_id, exc)
+            return []
+        self.breaker.success()
+        return decision.crossings
+
+    async def publish(self, items: list[dict[str, Any]]) -> None:
+        await events.emit_async(self._client(), items)
+
+    async def close(self) -> None:
+        if self._redis is not None:
+            await self._redis.aclose()
+
+
+def crossing_event(
+    crossing: Crossing, *, org_id: int, org_slug: str, feature: str
+) -> dict[str, Any]:
+    spec = crossing.limit
+    return events.event(
+        "limit.threshold_crossed",
+        limit_id=spec.id,
+        limit=spec.description,
+        code=spec.code,
+        scope=spec.scope,
+        metric=spec.metric,
+        threshold=crossing.threshold,
+        used=crossing.used,
+        amount=spec.amount,
+        org_id=org_id if spec.scope not in ("global", "feature") else None,
+        org=org_slug if spec.scope not in ("global", "feature") else None,
+        feature=spec.feature or feature or None,
+    )
+
+
+def fail_open_event(limits: Sequence[LimitSpec], *, org_id: int, org_slug: str) -> dict[str, Any]:
+    return events.event(
+        "limit.fail_open", limit_ids=[s.id for s in limits], org_id=org_id, org=org_slug
+    )

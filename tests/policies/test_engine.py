@@ -1,0 +1,195 @@
+"""The limiter script against a real Redis, with the clock pinned where windows matter."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import uuid
+from dataclasses import replace
+
+from policies.engine import sync
+from policies.engine.specs import LimitSpec
+
+T0 = 1_800_000_000_000  # a fixed "now" in ms (2027-01-15T08:00:00Z)
+
+
+def spec(**overrides) -> LimitSpec:  # type: ignore[no-untyped-def]
+    base = LimitSpec(
+        id=overrides.pop("id", 1),
+        scope="org",
+        metric="requests",
+        window="minute",
+        amount=10,
+        action="reject",
+        max_wait_seconds=None,
+        failure_mode="fail_open",
+        thresholds="80,100",
+        default_output_tokens=100,
+        description="10 requests per minute",
+        org_id=1,
+    )
+    return replace(base, **overrides)
+
+
+def admit(limits, charges=None, now=T0, rid=None):  # type: ignore[no-untyped-def]
+    limits = limits if isinstance(limits, list) else [limits]
+    return sync.admit(
+        rid or uuid.uuid4().hex, limits, charges or [1] * len(limits), org_id=1, now_ms=now
+    )
+
+
+def test_it_admits_up_to_the_limit_then_denies_naming_the_limit() -> None:
+    limit = spec()
+    results = [admit(limit).admitted for _ in range(12)]
+    assert results == [True] * 10 + [False] * 2
+    denied = admit(limit)
+    assert denied.denied == limit
+    assert 0 < denied.retry_ms <= 61_000
+
+
+def test_all_limits_are_charged_or_none() -> None:
+    wide, narrow = spec(id=1, amount=100), spec(id=2, amount=2)
+    assert admit([wide, narrow]).admitted
+    assert admit([wide, narrow]).admitted
+    denied = admit([wide, narrow])
+    assert not denied.admitted and denied.denied == narrow
+    # The denied request charged nothing: the wide limit still counts 2.
+    assert admit([wide]).used == [3]
+
+
+def test_a_rolling_minute_frees_capacity_exactly_one_window_later() -> None:
+    limit = spec(amount=3)
+    for offset in (0, 10_000, 20_000):
+        assert admit(limit, now=T0 + offset).admitted
+    denied = admit(limit, now=T0 + 30_000)
+    assert not denied.admitted
+    # The first request's sub-bucket leaves the window no later than 61 s after it.
+    free_at = T0 + 30_000 + denied.retry_ms
+    assert T0 + 60_000 <= free_at <= T0 + 61_000
+    assert not admit(limit, now=free_at - 1).admitted
+    assert admit(limit, now=free_at).admitted
+
+
+def test_no_sixty_second_interval_ever_holds_more_than_the_limit() -> None:
+    limit = spec(amount=5)
+    admitted = []
+    for step in range(0, 240_000, 700):  # one attempt every 0.7 s for 4 minutes
+        if admit(limit, now=T0 + step).admitted:
+            admitted.append(T0 + step)
+    for start in admitted:
+        inside = [t for t in admitted if start <= t < start + 60_000]
+        assert len(inside) <= 5
+    assert len(admitted) >= 15  # and capacity does come back
+
+
+def test_a_calendar_day_resets_at_utc_midnight() -> None:
+    midnight = (T0 // 86_400_000 + 1) * 86_400_000
+    limit = spec(window="calendar_day", amount=2)
+    assert admit(limit, now=midnight - 5000).admitted
+    assert admit(limit, now=midnight - 4000).admitted
+    denied = admit(limit, now=midnight - 3000)
+    assert not denied.admitted and denied.retry_ms == 3000
+    assert admit(limit, now=midnight).admitted
+
+
+def test_a_calendar_month_resets_on_the_first_of_the_month() -> None:
+    # 2027-02-28T23:59:59Z, then 2027-03-01T00:00:00Z
+    end_of_feb = 1_803_859_199_000
+    limit = spec(window="calendar_month", amount=1)
+    assert admit(limit, now=end_of_feb).admitted
+    denied = admit(limit, now=end_of_feb)
+    assert denied.retry_ms == 1000
+    assert admit(limit, now=end_of_feb + 1000).admitted
+
+
+def test_reserved_tokens_are_replaced_by_actual_use_on_settle() -> None:
+    tokens = spec(metric="tokens", amount=1000)
+    rid = uuid.uuid4().hex
+    assert admit(tokens, [600], rid=rid).admitted
+    assert not admit(tokens, [600]).admitted  # 600 held
+    sync.settle(rid, [tokens], [150], org_id=1, now_ms=T0)
+    assert admit(tokens, [600]).admitted  # 150 used + 600 held <= 1000
+    assert admit(tokens, [250]).used == [1000]
+
+
+def test_a_dead_requests_hold_and_lease_expire(settings) -> None:  # type: ignore[no-untyped-def]
+    settings.TOLLGATE_LIMIT_LEASE_SECONDS = 30
+    tokens = spec(id=1, metric="tokens", amount=100)
+    concurrent = spec(id=2, metric="concurrent", window="none", amount=1)
+    assert admit([tokens, concurrent], [100, 1]).admitted
+    assert not admit([tokens, concurrent], [1, 1]).admitted
+    # The request never settles (its process died). After the lease, capacity returns.
+    assert not admit([tokens, concurrent], [1, 1], now=T0 + 29_000).admitted
+    assert admit([tokens, concurrent], [100, 1], now=T0 + 30_001).admitted
+
+
+def test_a_concurrency_lease_is_released_on_settle() -> None:
+    concurrent = spec(metric="concurrent", window="none", amount=1)
+    rid = uuid.uuid4().hex
+    assert admit(concurrent, rid=rid).admitted
+    assert not admit(concurrent).admitted
+    sync.settle(rid, [concurrent], [0], org_id=1, now_ms=T0)
+    assert admit(concurrent).admitted
+
+
+def test_a_request_larger_than_the_whole_limit_never_fits() -> None:
+    decision = admit(spec(metric="tokens", amount=100), [101])
+    assert not decision.admitted and decision.retry_ms == -1 and decision.retry_seconds is None
+
+
+def test_monitor_limits_admit_and_report() -> None:
+    limit = spec(action="monitor", amount=2)
+    decisions = [admit(limit) for _ in range(4)]
+    assert all(d.admitted for d in decisions)
+    reported = [(c.threshold, c.used) for d in decisions for c in d.crossings]
+    assert reported == [(80, 2), (100, 2)]
+
+
+def test_a_threshold_is_reported_once_per_window() -> None:
+    limit = spec(amount=10, thresholds="80,100")
+    found = []
+    for i in range(30):
+        found += [(c.threshold, i) for c in admit(limit, now=T0 + i).crossings]
+    # 80% at the 8th request, 100% at the 10th; the 20 denials report nothing new.
+    assert found == [(80, 7), (100, 9)]
+    later = [c.threshold for c in admit(limit, now=T0 + 61_000).crossings]
+    assert later == []  # 1 of 10 in the new window
+
+
+def test_a_denial_reports_a_full_limit_once() -> None:
+    limit = spec(amount=3, thresholds="100")
+    tokens = spec(id=2, metric="tokens", amount=10, thresholds="100")
+    assert admit(tokens, [4]).admitted
+    denied = [admit(tokens, [7]) for _ in range(3)]
+    assert [len(d.crossings) for d in denied] == [1, 0, 0]
+    del limit
+
+
+def _hammer(prefix: str, redis_url: str, count: int, out) -> None:  # type: ignore[no-untyped-def]
+    os.environ["DJANGO_SETTINGS_MODULE"] = "gateway.settings"
+    import django
+
+    django.setup()
+    from django.conf import settings as live
+
+    live.TOLLGATE_REDIS_PREFIX = prefix
+    limit = spec(amount=1000)
+    admitted = sum(
+        sync.admit(uuid.uuid4().hex, [limit], [1], org_id=1).admitted for _ in range(count)
+    )
+    out.put(admitted)
+
+
+def test_eight_processes_against_one_limit_admit_exactly_the_limit(redis_prefix) -> None:  # type: ignore[no-untyped-def]
+    from django.conf import settings as live
+
+    ctx = multiprocessing.get_context("spawn")
+    out = ctx.Queue()
+    procs = [
+        ctx.Process(target=_hammer, args=(redis_prefix, live.REDIS_URL, 250, out)) for _ in range(8)
+    ]
+    for proc in procs:
+        proc.start()
+    for proc in procs:
+        proc.join(120)
+    assert sum(out.get(timeout=5) for _ in procs) == 1000
