@@ -15,18 +15,24 @@ from gateway import crypto
 class _PriceFieldOptions(TypedDict):
     max_digits: int
     decimal_places: int
-    default: Decimal
+    null: bool
+    blank: bool
+    default: None
     validators: list[MinValueValidator]
+    help_text: str
 
 
 # Prices are USD per million tokens with 6 decimals: one millionth of a dollar per
 # million tokens is the smallest step, so per-token costs are whole pico-dollars and
-# sums stay exact.
+# sums stay exact. Empty means unknown, never $0: TOLLGATE_UNKNOWN_PRICE decides.
 PRICE_FIELD: _PriceFieldOptions = {
     "max_digits": 12,
     "decimal_places": 6,
-    "default": Decimal("0"),
+    "null": True,
+    "blank": True,
+    "default": None,
     "validators": [MinValueValidator(Decimal("0"))],
+    "help_text": "USD per million tokens. Empty: unknown (see TOLLGATE_UNKNOWN_PRICE).",
 }
 
 

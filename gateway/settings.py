@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from decimal import Decimal
 from pathlib import Path
 
 import dj_database_url
@@ -210,6 +211,14 @@ TOLLGATE_LIMIT_LEASE_SECONDS = env.float("TOLLGATE_LIMIT_LEASE_SECONDS", 600.0, 
 # each limit's failure mode at once (fail_open admits, fail_closed answers 503).
 TOLLGATE_LIMITER_BREAKER_FAILURES = env.int("TOLLGATE_LIMITER_BREAKER_FAILURES", 3, minimum=1)
 TOLLGATE_LIMITER_BREAKER_SECONDS = env.float("TOLLGATE_LIMITER_BREAKER_SECONDS", 2.0, minimum=0.1)
+
+# A model without a price is never free: either reject requests to it ("reject") or charge
+# these conservative defaults, USD per million tokens ("charge_default").
+TOLLGATE_UNKNOWN_PRICE = env.str("TOLLGATE_UNKNOWN_PRICE", "charge_default")
+if TOLLGATE_UNKNOWN_PRICE not in {"reject", "charge_default"}:
+    raise ImproperlyConfigured("TOLLGATE_UNKNOWN_PRICE must be reject or charge_default")
+TOLLGATE_DEFAULT_INPUT_PRICE = Decimal(str(env.float("TOLLGATE_DEFAULT_INPUT_PRICE", 15.0)))
+TOLLGATE_DEFAULT_OUTPUT_PRICE = Decimal(str(env.float("TOLLGATE_DEFAULT_OUTPUT_PRICE", 75.0)))
 
 # Client requests larger than this get 413.
 TOLLGATE_MAX_BODY_BYTES = env.int("TOLLGATE_MAX_BODY_BYTES", 10 * 1024 * 1024, minimum=1024)

@@ -265,6 +265,14 @@ class ProxyApp:
                 code="wrong_endpoint",
                 param="model",
             )
+        if model.price_unknown:
+            raise ProxyError(
+                403,
+                f"The model `{name}` has no price configured, and this gateway does not serve "
+                "unpriced models.",
+                code="model_price_unknown",
+                param="model",
+            )
         call.model = model
         call.event.model = model.name
         call.event.provider = model.provider.name

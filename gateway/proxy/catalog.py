@@ -13,7 +13,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import cast
+from typing import Any, cast
 
 import redis
 import redis.asyncio as aioredis
@@ -52,6 +52,10 @@ class ModelInfo:
     input_price: Decimal
     output_price: Decimal
     cached_input_price: Decimal
+    # True when a price was unknown and the configured default was put in its place.
+    price_assumed: bool = False
+    # True when a price is unknown and unpriced models are rejected.
+    price_unknown: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,17 +114,7 @@ def load_catalog() -> Catalog:
             provider = providers.get(m.provider_id)
             if provider is None:
                 continue
-            models[(m.org_id, m.name)] = ModelInfo(
-                m.pk,
-                m.name,
-                m.org_id,
-                m.mode,
-                m.upstream_name,
-                provider,
-                m.input_price_per_million,
-                m.output_price_per_million,
-                m.cached_input_price_per_million,
-            )
+            models[(m.org_id, m.name)] = _model_info(m, provider)
         keys: dict[str, KeyInfo] = {}
         usable = ApiKey.objects.usable().select_related("org", "default_feature")
         for k in usable.prefetch_related("allowed_features", "allowed_models"):
@@ -145,6 +139,35 @@ def load_catalog() -> Catalog:
         close_old_connections()
     return Catalog(
         keys=keys, models=models, features=features, limits=limits, loaded_at=time.time()
+    )
+
+
+def _model_info(m: Any, provider: ProviderInfo) -> ModelInfo:
+    """Prices of a model; an unknown one is the configured default or marks it unusable."""
+    input_price = m.input_price_per_million
+    output_price = m.output_price_per_million
+    if m.mode == "embedding" and output_price is None:
+        output_price = Decimal(0)  # embeddings have no output tokens
+    unknown = input_price is None or output_price is None
+    assumed = unknown and settings.TOLLGATE_UNKNOWN_PRICE == "charge_default"
+    if input_price is None:
+        input_price = settings.TOLLGATE_DEFAULT_INPUT_PRICE
+    if output_price is None:
+        output_price = settings.TOLLGATE_DEFAULT_OUTPUT_PRICE
+    cached = m.cached_input_price_per_million
+    return ModelInfo(
+        m.pk,
+        m.name,
+        m.org_id,
+        m.mode,
+        m.upstream_name,
+        provider,
+        input_price,
+        output_price,
+        # No cached price: cached input costs as much as any input (never less than known).
+        cached if cached is not None else input_price,
+        price_assumed=assumed,
+        price_unknown=unknown and not assumed,
     )
 
 

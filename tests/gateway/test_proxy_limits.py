@@ -341,3 +341,48 @@ def test_failure_modes_with_redis_really_stopped(
     while time.monotonic() < deadline and call(closed_key).status_code != 200:
         time.sleep(0.2)
     assert call(closed_key).status_code == 200
+
+
+def test_a_tier_default_applies_unless_the_org_has_its_own(proxy: Setup) -> None:
+    limit(scope="org", tier=proxy.org_a.tier, amount=2)
+    limit(scope="org", org=proxy.org_b, amount=4)
+    key_a = fresh_key(proxy, proxy.org_a)
+    key_b = fresh_key(proxy, proxy.org_b)
+    assert [chat(proxy, key_a).status_code for _ in range(3)] == [200, 200, 429]
+    assert [chat(proxy, key_b).status_code for _ in range(5)] == [200] * 4 + [429]
+
+
+def test_an_unpriced_model_is_charged_the_conservative_default(proxy: Setup) -> None:
+    from gateway.models import LlmModel
+
+    LlmModel.objects.create(name="mystery", provider=proxy.provider, upstream_name="m")
+    key = fresh_key(proxy, proxy.org_a)
+    response = httpx.post(
+        f"{proxy.v1}/chat/completions",
+        headers={"Authorization": f"Bearer {key}"},
+        json={"model": "mystery", "messages": PROMPT},
+    )
+    assert response.status_code == 200
+    # 5 input and 8 output tokens at $15 / $75 per million (the defaults), never $0.
+    expected = (5 * Decimal(15) + 8 * Decimal(75)) / Decimal(1_000_000)
+    assert Decimal(response.headers["x-tollgate-cost-usd"]) == expected
+
+
+def test_an_unpriced_model_is_rejected_when_the_policy_says_so(proxy: Setup, start_gateway) -> None:  # type: ignore[no-untyped-def]
+    from gateway.models import LlmModel
+    from tests.gateway.conftest import _database_url
+
+    LlmModel.objects.create(name="mystery", provider=proxy.provider, upstream_name="m")
+    strict = start_gateway(
+        DATABASE_URL=_database_url(),
+        TOLLGATE_REDIS_PREFIX=GATEWAY_PREFIX,
+        TOLLGATE_UNKNOWN_PRICE="reject",
+    )
+    wait_until_served(strict, proxy.key_a)
+    response = httpx.post(
+        f"{strict}/v1/chat/completions",
+        headers={"Authorization": f"Bearer {proxy.key_a}"},
+        json={"model": "mystery", "messages": PROMPT},
+    )
+    assert response.status_code == 403
+    assert response.json()["error"]["code"] == "model_price_unknown"

@@ -193,3 +193,78 @@ def test_eight_processes_against_one_limit_admit_exactly_the_limit(redis_prefix)
     for proc in procs:
         proc.join(120)
     assert sum(out.get(timeout=5) for _ in procs) == 1000
+
+
+def _cross(prefix: str, count: int, out) -> None:  # type: ignore[no-untyped-def]
+    os.environ["DJANGO_SETTINGS_MODULE"] = "gateway.settings"
+    import django
+
+    django.setup()
+    from django.conf import settings as live
+
+    live.TOLLGATE_REDIS_PREFIX = prefix
+    limit = spec(id=7, amount=1000, action="monitor", thresholds="80,100")
+    found = []
+    for _ in range(count):
+        found += [
+            c.threshold for c in sync.admit(uuid.uuid4().hex, [limit], [1], org_id=1).crossings
+        ]
+    out.put(found)
+
+
+def test_ten_thousand_requests_from_four_processes_report_each_crossing_once(redis_prefix) -> None:  # type: ignore[no-untyped-def]
+    ctx = multiprocessing.get_context("spawn")
+    out = ctx.Queue()
+    procs = [ctx.Process(target=_cross, args=(redis_prefix, 2500, out)) for _ in range(4)]
+    for proc in procs:
+        proc.start()
+    found = []
+    for _ in procs:
+        found += out.get(timeout=120)
+    for proc in procs:
+        proc.join(30)
+    assert sorted(found) == [80, 100]
+
+
+def _hold_and_die(prefix: str, ready) -> None:  # type: ignore[no-untyped-def]
+    os.environ["DJANGO_SETTINGS_MODULE"] = "gateway.settings"
+    os.environ["TOLLGATE_LIMIT_LEASE_SECONDS"] = "2"
+    import django
+
+    django.setup()
+    from django.conf import settings as live
+
+    live.TOLLGATE_REDIS_PREFIX = prefix
+    tokens = spec(id=21, metric="tokens", amount=100)
+    concurrent = spec(id=22, metric="concurrent", window="none", amount=1)
+    decision = sync.admit(uuid.uuid4().hex, [tokens, concurrent], [100, 1], org_id=1)
+    ready.put(decision.admitted)
+    import time
+
+    time.sleep(60)  # killed long before this ends
+
+
+def test_a_killed_process_gives_its_reservations_back_after_the_lease(
+    redis_prefix, settings
+) -> None:  # type: ignore[no-untyped-def]
+    import signal
+    import time
+
+    ctx = multiprocessing.get_context("spawn")
+    ready = ctx.Queue()
+    proc = ctx.Process(target=_hold_and_die, args=(redis_prefix, ready))
+    proc.start()
+    assert ready.get(timeout=60) is True
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.join(10)
+    tokens = spec(id=21, metric="tokens", amount=100)
+    concurrent = spec(id=22, metric="concurrent", window="none", amount=1)
+    both = [tokens, concurrent]
+    assert not sync.admit(uuid.uuid4().hex, both, [1, 1], org_id=1).admitted
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        if sync.admit(uuid.uuid4().hex, both, [100, 1], org_id=1).admitted:
+            break
+        time.sleep(0.1)
+    else:
+        raise AssertionError("capacity never came back after the lease")
