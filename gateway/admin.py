@@ -81,7 +81,7 @@ class LlmModelAdmin(OrgScopedAdmin):
         "org",
         "is_active",
     ]
-    list_filter = ["provider", "mode", "is_active"]
+    list_filter = [("provider", admin.RelatedOnlyFieldListFilter), "mode", "is_active"]
     search_fields = ["name", "upstream_name"]
 
     def formfield_for_foreignkey(self, db_field: Any, request: HttpRequest, **kwargs: Any) -> Any:

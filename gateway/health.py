@@ -16,7 +16,7 @@ from django.http import HttpRequest, JsonResponse
 from kombu import Connection
 
 import gateway
-from gateway.redis import get_redis, key
+from gateway.redis import get_redis, key, new_client
 
 WORKERS_KEY = ("workers", "heartbeat")
 
@@ -59,9 +59,7 @@ def check_postgres() -> dict[str, Any]:
 
 
 def check_redis() -> dict[str, Any]:
-    client = redis.Redis.from_url(
-        settings.REDIS_URL, socket_timeout=_timeout(), socket_connect_timeout=_timeout()
-    )
+    client = new_client(timeout=_timeout())
     try:
         client.ping()
     finally:
@@ -82,9 +80,7 @@ def check_broker() -> dict[str, Any]:
 
 
 def check_worker() -> dict[str, Any]:
-    client = redis.Redis.from_url(
-        settings.REDIS_URL, socket_timeout=_timeout(), socket_connect_timeout=_timeout()
-    )
+    client = new_client(timeout=_timeout())
     try:
         # Without decode_responses, WITHSCORES gives (member bytes, float score) pairs.
         newest = cast(

@@ -1,28 +1,53 @@
-"""One shared Redis client per process, with short timeouts."""
+"""Redis clients with short timeouts: one shared sync client per process, and a factory
+for the proxy's async clients. ``REDIS_CLUSTER`` switches both to Redis Cluster clients."""
 
 from __future__ import annotations
 
 from functools import lru_cache
+from typing import Any
 
 import redis
+import redis.asyncio as aioredis
+import redis.asyncio.cluster as aiocluster
+import redis.cluster
 from django.conf import settings
 
 
+def new_client(url: str | None = None, *, timeout: float | None = None) -> redis.Redis:
+    """A new sync client (the caller closes it)."""
+    options: dict[str, Any] = {
+        "socket_timeout": timeout or settings.REDIS_SOCKET_TIMEOUT,
+        "socket_connect_timeout": timeout or settings.REDIS_CONNECT_TIMEOUT,
+    }
+    if settings.REDIS_CLUSTER:
+        return redis.cluster.RedisCluster.from_url(url or settings.REDIS_URL, **options)  # type: ignore[return-value]
+    return redis.Redis.from_url(url or settings.REDIS_URL, health_check_interval=30, **options)
+
+
 @lru_cache(maxsize=8)
-def _client(url: str, socket_timeout: float, connect_timeout: float) -> redis.Redis:
-    return redis.Redis.from_url(
-        url,
-        socket_timeout=socket_timeout,
-        socket_connect_timeout=connect_timeout,
-        health_check_interval=30,
-        decode_responses=False,
-    )
+def _client(url: str, socket_timeout: float, connect_timeout: float, cluster: bool) -> redis.Redis:
+    return new_client(url)
 
 
 def get_redis() -> redis.Redis:
     return _client(
-        settings.REDIS_URL, settings.REDIS_SOCKET_TIMEOUT, settings.REDIS_CONNECT_TIMEOUT
+        settings.REDIS_URL,
+        settings.REDIS_SOCKET_TIMEOUT,
+        settings.REDIS_CONNECT_TIMEOUT,
+        settings.REDIS_CLUSTER,
     )
+
+
+def async_client(*, max_connections: int = 512) -> aioredis.Redis:
+    """A new asyncio client for the running event loop."""
+    options: dict[str, Any] = {
+        "socket_timeout": settings.REDIS_SOCKET_TIMEOUT,
+        "socket_connect_timeout": settings.REDIS_CONNECT_TIMEOUT,
+        "max_connections": max_connections,
+    }
+    if settings.REDIS_CLUSTER:
+        return aiocluster.RedisCluster.from_url(settings.REDIS_URL, **options)  # type: ignore[return-value]
+    return aioredis.Redis.from_url(settings.REDIS_URL, **options)
 
 
 def key(*parts: str) -> str:

@@ -106,6 +106,9 @@ DATABASES["default"]["OPTIONS"].setdefault(
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 REDIS_URL = env.url("REDIS_URL", schemes={"redis", "rediss", "unix"})
+# REDIS_URL names one node of a Redis Cluster (limits, usage and events then use cluster
+# clients; Celery needs its own broker, CELERY_BROKER_URL).
+REDIS_CLUSTER = env.bool("REDIS_CLUSTER", False)
 # Every Redis key Tollgate writes starts with this, so one Redis can serve several installs.
 TOLLGATE_REDIS_PREFIX = env.str("TOLLGATE_REDIS_PREFIX", "tg")
 # Short timeouts: a slow Redis must never hang a request.
@@ -124,6 +127,10 @@ CACHES = {
     }
 }
 
+if REDIS_CLUSTER and not env.optional_str("CELERY_BROKER_URL"):
+    raise ImproperlyConfigured(
+        "CELERY_BROKER_URL is required when REDIS_CLUSTER is on (Celery cannot use a cluster)"
+    )
 CELERY_BROKER_URL = env.url(
     "CELERY_BROKER_URL",
     schemes={"redis", "rediss", "amqp", "amqps", "pyamqp"},

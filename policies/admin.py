@@ -1,19 +1,27 @@
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 from django import forms
 from django.contrib import admin, messages
 from django.contrib.auth import get_user_model
 from django.contrib.auth.admin import UserAdmin
-from django.db.models import QuerySet
+from django.db.models import Model, QuerySet
 from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
 
 from gateway.models import LlmModel
 from policies import services
+from policies.admin_limits import (
+    FeatureLimitInline,
+    LimitAdmin,
+    OrgLimitInline,
+    tier_default_limits,
+)
 from policies.admin_scope import OrgScopedAdmin, request_scope
-from policies.models import ApiKey, Feature, Membership, Organization, Tier
+from policies.models import ApiKey, Feature, Limit, Membership, Organization, Tier
+
+admin.site.register(Limit, LimitAdmin)
 
 
 @admin.register(Tier)
@@ -31,6 +39,8 @@ class OrganizationAdmin(OrgScopedAdmin):
     list_filter = ["tier", "is_active"]
     search_fields = ["name", "slug"]
     prepopulated_fields = {"slug": ["name"]}
+    readonly_fields = [tier_default_limits]  # type: ignore[list-item]
+    inlines = [OrgLimitInline]
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Organization]:
         return request_scope(request).orgs().select_related("tier")
@@ -42,6 +52,7 @@ class FeatureAdmin(OrgScopedAdmin):
     global_only = True
     list_display = ["name", "description", "created_at"]
     search_fields = ["name"]
+    inlines = [FeatureLimitInline]
 
 
 class ApiKeyForm(forms.ModelForm):  # type: ignore[type-arg]
@@ -85,7 +96,11 @@ class ApiKeyAdmin(OrgScopedAdmin):
         "expires_at",
         "created_at",
     ]
-    list_filter = ["org", ("revoked_at", admin.EmptyFieldListFilter)]
+    # RelatedOnly: the filter lists only orgs in the (scoped) list, never other orgs' names.
+    list_filter = [
+        ("org", admin.RelatedOnlyFieldListFilter),
+        ("revoked_at", admin.EmptyFieldListFilter),
+    ]
     search_fields = ["name", "prefix", "org__slug"]
     readonly_fields = [
         "display",
@@ -114,16 +129,17 @@ class ApiKeyAdmin(OrgScopedAdmin):
             )
         return super().formfield_for_manytomany(db_field, request, **kwargs)
 
-    def save_model(self, request: HttpRequest, obj: ApiKey, form: Any, change: bool) -> None:
+    def save_model(self, request: HttpRequest, obj: Model, form: Any, change: bool) -> None:
         if change:
             super().save_model(request, obj, form, change)
             return
+        obj = cast(ApiKey, obj)  # this admin is registered for ApiKey only
         scope = request_scope(request)
         org = obj.org if scope.is_global else scope.org
         key, raw = services.apikey_create(
             org=org,  # type: ignore[arg-type]
             name=obj.name,
-            actor=request.user,  # type: ignore[arg-type]
+            actor=request.user,
             default_feature=obj.default_feature,
             expires_at=obj.expires_at,
         )
@@ -165,7 +181,7 @@ class ApiKeyAdmin(OrgScopedAdmin):
             return
         count = 0
         for key in queryset.filter(request_scope(request).owned_filter()):
-            services.apikey_revoke(key=key, actor=request.user)  # type: ignore[arg-type]
+            services.apikey_revoke(key=key, actor=request.user)
             count += 1
         self.message_user(request, f"Revoked {count} key(s).", messages.SUCCESS)
 

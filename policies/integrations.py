@@ -10,6 +10,7 @@ proxy); a concurrency lease is released when the response is complete.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import time
@@ -113,10 +114,9 @@ class Verdict:
     def release(self) -> None:
         leased = tuple(s for s in self.limits if s.metric == "concurrent")
         if leased and self.decision is not None and self.decision.admitted:
-            try:
+            # If Redis is unreachable, the lease expires on its own.
+            with contextlib.suppress(redis.RedisError):
                 sync.settle(self.request_id, leased, [0] * len(leased), org_id=self.caller.org_id)
-            except redis.RedisError:
-                pass  # the lease expires on its own
 
     def denied_response(self) -> HttpResponse:
         assert self.decision is not None

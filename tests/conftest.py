@@ -294,3 +294,13 @@ def start_worker(tmp_path: Path) -> Iterator:  # type: ignore[type-arg]
     yield start
     for proc in started:
         proc.stop()
+
+
+@pytest.fixture
+def redis_cluster(tmp_path: Path) -> Iterator:  # type: ignore[type-arg]
+    from gateway.devstack.servers import EmbeddedRedisCluster
+
+    cluster = EmbeddedRedisCluster(tmp_path / "cluster", masters=3)
+    cluster.start()
+    yield cluster
+    cluster.stop()

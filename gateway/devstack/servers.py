@@ -377,3 +377,85 @@ def _pid_alive(pid: int) -> bool:
 
 def remove_tree(path: Path) -> None:
     shutil.rmtree(path, ignore_errors=True)
+
+
+class EmbeddedRedisCluster:
+    """A local Redis Cluster of ``masters`` nodes (no replicas), for scale-out tests."""
+
+    def __init__(self, data_dir: Path, *, masters: int = 3) -> None:
+        self.data_dir = data_dir
+        self.masters = masters
+        self.nodes: list[ManagedProcess] = []
+        self.ports: list[int] = []
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.ports[0]}/0"
+
+    def start(self) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        for _ in range(self.masters):
+            port = free_port()
+            node = ManagedProcess(
+                f"redis-cluster-{port}",
+                [
+                    str(redis_server_binary()),
+                    "--port",
+                    str(port),
+                    "--bind",
+                    "127.0.0.1",
+                    "--dir",
+                    str(self.data_dir),
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-config-file",
+                    f"nodes-{port}.conf",
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                    "--daemonize",
+                    "no",
+                ],
+                log_path=self.data_dir / f"redis-{port}.log",
+            )
+            node.start()
+            self.nodes.append(node)
+            self.ports.append(port)
+        for node, port in zip(self.nodes, self.ports, strict=True):
+            _wait_until(lambda port=port: port_is_open(port), node, "Redis cluster node")
+        result = subprocess.run(
+            [
+                str(redis_cli_binary()),
+                "--cluster",
+                "create",
+                *[f"127.0.0.1:{p}" for p in self.ports],
+                "--cluster-replicas",
+                "0",
+                "--cluster-yes",
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=60,
+        )
+        if result.returncode != 0:
+            self.stop()
+            raise ServerError(f"redis-cli --cluster create failed:\n{result.stdout}{result.stderr}")
+        deadline = time.monotonic() + STARTUP_TIMEOUT_SECONDS
+        while time.monotonic() < deadline:
+            info = subprocess.run(
+                [str(redis_cli_binary()), "-p", str(self.ports[0]), "cluster", "info"],
+                capture_output=True,
+                text=True,
+                check=False,
+            ).stdout
+            if "cluster_state:ok" in info:
+                return
+            time.sleep(0.1)
+        self.stop()
+        raise ServerError("the Redis cluster never reached cluster_state:ok")
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()

@@ -20,7 +20,7 @@ import redis.asyncio as aioredis
 from django.conf import settings
 from django.db import close_old_connections, transaction
 
-from gateway.redis import get_redis, key
+from gateway.redis import async_client, get_redis, key
 from policies.engine.specs import LimitIndex, load_limit_index
 
 log = logging.getLogger(__name__)
@@ -207,11 +207,7 @@ class CatalogCache:
 
     async def _read_version(self) -> bytes | None:
         if self._redis is None:
-            self._redis = aioredis.Redis.from_url(
-                settings.REDIS_URL,
-                socket_timeout=settings.REDIS_SOCKET_TIMEOUT,
-                socket_connect_timeout=settings.REDIS_CONNECT_TIMEOUT,
-            )
+            self._redis = async_client(max_connections=16)
         try:
             # The client does not decode responses, so GET gives bytes (or None).
             return cast("bytes | None", await self._redis.get(key(*VERSION_KEY)))

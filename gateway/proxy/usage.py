@@ -17,10 +17,9 @@ from decimal import Decimal
 
 import redis
 import redis.asyncio as aioredis
-from django.conf import settings
 
 from gateway.proxy.catalog import ModelInfo
-from gateway.redis import key
+from gateway.redis import async_client, key
 
 log = logging.getLogger(__name__)
 
@@ -97,12 +96,7 @@ class UsageRecorder:
 
     def _client(self) -> aioredis.Redis:
         if self._redis is None:
-            self._redis = aioredis.Redis.from_url(
-                settings.REDIS_URL,
-                socket_timeout=settings.REDIS_SOCKET_TIMEOUT,
-                socket_connect_timeout=settings.REDIS_CONNECT_TIMEOUT,
-                max_connections=512,
-            )
+            self._redis = async_client(max_connections=512)
         return self._redis
 
     async def record(self, event: UsageEvent) -> None:

@@ -69,6 +69,33 @@ def script_args(
     return keys, argv
 
 
+def slot_groups(limits: Sequence[LimitSpec], org_id: int) -> list[list[int]]:
+    """Indices of the limits by Redis Cluster hash tag, the org's own group first."""
+    groups: dict[str, list[int]] = {}
+    for i, spec in enumerate(limits):
+        groups.setdefault(spec.hash_tag(org_id), []).append(i)
+    own = f"{{org:{org_id}}}"
+    return sorted(groups.values(), key=lambda idx: limits[idx[0]].hash_tag(org_id) != own)
+
+
+def merge(
+    parts: list[tuple[list[int], Decision]], limits: Sequence[LimitSpec], charges: Sequence[int]
+) -> Decision:
+    """One decision from the decisions of several slot groups, in the limits' own order."""
+    used = [0] * len(limits)
+    reset = [0] * len(limits)
+    merged = Decision(admitted=all(d.admitted for _i, d in parts), limits=limits, charges=charges)
+    for indices, decision in parts:
+        for j, i in enumerate(indices):
+            if j < len(decision.used):
+                used[i], reset[i] = decision.used[j], decision.reset_ms[j]
+        merged.crossings += decision.crossings
+        if not decision.admitted and merged.denied is None:
+            merged.denied, merged.retry_ms = decision.denied, decision.retry_ms
+    merged.used, merged.reset_ms = used, reset
+    return merged
+
+
 def parse(raw: list[int | bytes], limits: Sequence[LimitSpec], charges: Sequence[int]) -> Decision:
     marker = raw.index(b"#")
     admitted, denied, retry = int(raw[0]), int(raw[1]), int(raw[2])

@@ -1,6 +1,7 @@
 -- Tollgate limiter: check and charge every limit of one request atomically.
 --
--- ARGV[1]  'admit' or 'settle'
+-- ARGV[1]  'admit', 'settle', or 'undo' (take back an admit whose other half, in another
+--          cluster slot, was denied)
 -- ARGV[2]  now in ms, or '0' for the Redis server clock (tests pin the clock)
 -- ARGV[3]  request id (member of holds and leases)
 -- ARGV[4]  lease in ms (holds and concurrency leases expire after it: a crashed request
@@ -190,6 +191,25 @@ for i = 1, n do
 end
 
 local result, found = {}, {}
+
+if mode == 'undo' then
+  for i = 1, n do
+    local s = specs[i]
+    if s.class == 'n' then
+      add_committed(s.ck, s.kind, s.window, -s.charge)
+    elseif s.class == 'h' then
+      local reserved = tonumber(redis.call('HGET', s.ak, rid))
+      if reserved then
+        redis.call('ZREM', s.hk, rid)
+        redis.call('HDEL', s.ak, rid)
+        redis.call('HINCRBY', s.ck, 'held', -reserved)
+      end
+    else
+      redis.call('ZREM', s.hk, rid)
+    end
+  end
+  return {1, 0, 0, '#'}
+end
 
 if mode == 'settle' then
   for i = 1, n do

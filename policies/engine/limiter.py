@@ -15,8 +15,17 @@ import redis
 import redis.asyncio as aioredis
 from django.conf import settings
 
+from gateway.redis import async_client
 from policies import events
-from policies.engine.core import SCRIPT, Crossing, Decision, parse, script_args
+from policies.engine.core import (
+    SCRIPT,
+    Crossing,
+    Decision,
+    merge,
+    parse,
+    script_args,
+    slot_groups,
+)
 from policies.engine.specs import LimitSpec
 
 log = logging.getLogger(__name__)
@@ -109,16 +118,44 @@ class Limiter:
 
     def _client(self) -> aioredis.Redis:
         if self._redis is None:
-            self._redis = aioredis.Redis.from_url(
-                settings.REDIS_URL,
-                socket_timeout=settings.REDIS_SOCKET_TIMEOUT,
-                socket_connect_timeout=settings.REDIS_CONNECT_TIMEOUT,
-                max_connections=1024,
-            )
+            self._redis = async_client(max_connections=1024)
             self._script = self._redis.register_script(SCRIPT)
         return self._redis
 
     async def _call(
+        self,
+        mode: str,
+        request_id: str,
+        limits: Sequence[LimitSpec],
+        charges: Sequence[int],
+        org_id: int,
+        now_ms: int,
+    ) -> Decision:
+        groups = slot_groups(limits, org_id) if settings.REDIS_CLUSTER else []
+        if len(groups) <= 1:
+            return await self._call_one(mode, request_id, limits, charges, org_id, now_ms)
+        # Redis Cluster: one script call per hash slot. An admit denied in a later slot
+        # takes back what earlier slots charged, so all-or-nothing still holds.
+        parts: list[tuple[list[int], Decision]] = []
+        for indices in groups:
+            sub = [limits[i] for i in indices]
+            sub_charges = [charges[i] for i in indices]
+            decision = await self._call_one(mode, request_id, sub, sub_charges, org_id, now_ms)
+            parts.append((indices, decision))
+            if mode == "admit" and not decision.admitted:
+                for done, _d in parts[:-1]:
+                    await self._call_one(
+                        "undo",
+                        request_id,
+                        [limits[i] for i in done],
+                        [charges[i] for i in done],
+                        org_id,
+                        now_ms,
+                    )
+                break
+        return merge(parts, limits, charges)
+
+    async def _call_one(
         self,
         mode: str,
         request_id: str,

@@ -10,7 +10,7 @@ import redis
 from django.conf import settings
 
 from gateway.redis import get_redis
-from policies.engine.core import SCRIPT, Crossing, Decision, parse, script_args
+from policies.engine.core import SCRIPT, Crossing, Decision, merge, parse, script_args, slot_groups
 from policies.engine.specs import LimitSpec
 
 _scripts: dict[int, Any] = {}
@@ -23,18 +23,17 @@ def _script(client: redis.Redis) -> Any:
     return script
 
 
-def admit(
+def _one(
+    mode: str,
     request_id: str,
     limits: Sequence[LimitSpec],
     charges: Sequence[int],
-    *,
     org_id: int,
-    now_ms: int = 0,
-    client: redis.Redis | None = None,
+    now_ms: int,
+    client: redis.Redis,
 ) -> Decision:
-    client = client or get_redis()
     keys, argv = script_args(
-        "admit",
+        mode,
         request_id,
         limits,
         charges,
@@ -46,6 +45,59 @@ def admit(
     return parse(_script(client)(keys=keys, args=argv), limits, charges)
 
 
+def _call(
+    mode: str,
+    request_id: str,
+    limits: Sequence[LimitSpec],
+    charges: Sequence[int],
+    org_id: int,
+    now_ms: int,
+    client: redis.Redis | None,
+) -> Decision:
+    client = client or get_redis()
+    groups = slot_groups(limits, org_id) if settings.REDIS_CLUSTER else []
+    if len(groups) <= 1:
+        return _one(mode, request_id, limits, charges, org_id, now_ms, client)
+    # Redis Cluster: one call per hash slot; a later denial takes back earlier charges.
+    parts: list[tuple[list[int], Decision]] = []
+    for indices in groups:
+        decision = _one(
+            mode,
+            request_id,
+            [limits[i] for i in indices],
+            [charges[i] for i in indices],
+            org_id,
+            now_ms,
+            client,
+        )
+        parts.append((indices, decision))
+        if mode == "admit" and not decision.admitted:
+            for done, _d in parts[:-1]:
+                _one(
+                    "undo",
+                    request_id,
+                    [limits[i] for i in done],
+                    [charges[i] for i in done],
+                    org_id,
+                    now_ms,
+                    client,
+                )
+            break
+    return merge(parts, limits, charges)
+
+
+def admit(
+    request_id: str,
+    limits: Sequence[LimitSpec],
+    charges: Sequence[int],
+    *,
+    org_id: int,
+    now_ms: int = 0,
+    client: redis.Redis | None = None,
+) -> Decision:
+    return _call("admit", request_id, limits, charges, org_id, now_ms, client)
+
+
 def settle(
     request_id: str,
     limits: Sequence[LimitSpec],
@@ -55,15 +107,4 @@ def settle(
     now_ms: int = 0,
     client: redis.Redis | None = None,
 ) -> list[Crossing]:
-    client = client or get_redis()
-    keys, argv = script_args(
-        "settle",
-        request_id,
-        limits,
-        actuals,
-        org_id=org_id,
-        prefix=settings.TOLLGATE_REDIS_PREFIX,
-        lease_ms=int(settings.TOLLGATE_LIMIT_LEASE_SECONDS * 1000),
-        now_ms=now_ms,
-    )
-    return parse(_script(client)(keys=keys, args=argv), limits, actuals).crossings
+    return _call("settle", request_id, limits, actuals, org_id, now_ms, client).crossings

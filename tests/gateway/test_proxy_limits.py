@@ -386,3 +386,30 @@ def test_an_unpriced_model_is_rejected_when_the_policy_says_so(proxy: Setup, sta
     )
     assert response.status_code == 403
     assert response.json()["error"]["code"] == "model_price_unknown"
+
+
+def test_exactness_holds_on_a_three_master_redis_cluster(
+    proxy: Setup, start_gateway, redis_cluster
+) -> None:  # type: ignore[no-untyped-def]
+    from django.conf import settings as live
+
+    from tests.gateway.conftest import _database_url
+
+    chat_feature = Feature.objects.get(name="chat")
+    # Limits in three hash slots: the org's, the feature's (every org) and the global one.
+    limit(scope="org", org=proxy.org_a, amount=1000)
+    limit(scope="feature", feature=chat_feature, amount=100_000)
+    limit(scope="global", amount=100_000)
+    _key, key = apikey_create(org=proxy.org_a, name="cluster")
+    env = {
+        "DATABASE_URL": _database_url(),
+        "REDIS_URL": redis_cluster.url,
+        "REDIS_CLUSTER": "true",
+        "CELERY_BROKER_URL": live.REDIS_URL,
+        "TOLLGATE_REDIS_PREFIX": "test:cluster",
+    }
+    first, second = start_gateway(**env), start_gateway(**env)
+    wait_until_served(first, key)
+    wait_until_served(second, key)
+    totals = _run_clients([first, second], key)
+    assert totals == {200: 1000, 429: 1000}

@@ -171,3 +171,19 @@ def test_a_model_cannot_use_another_orgs_provider(staff, org_a, org_b) -> None: 
     )
     assert response.status_code == 200
     assert "shared provider or one of its own org" in response.content.decode()
+
+
+def test_list_filters_never_name_another_org(alice, org_a, org_b) -> None:  # type: ignore[no-untyped-def]
+    from gateway.models import LlmModel
+
+    apikey_create(org=org_a, name="acme-key")
+    apikey_create(org=org_b, name="globex-key")
+    provider = Provider.objects.create(
+        org=org_b, name="globex-secret-llm", kind="openai", base_url="http://127.0.0.1:9/v1"
+    )
+    LlmModel.objects.create(org=org_b, name="globex-model", provider=provider, upstream_name="x")
+    client = logged_in(alice)
+    keys_page = client.get(reverse("admin:policies_apikey_changelist")).content.decode()
+    models_page = client.get(reverse("admin:gateway_llmmodel_changelist")).content.decode()
+    assert "Globex" not in keys_page
+    assert "globex-secret-llm" not in models_page

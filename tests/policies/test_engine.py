@@ -268,3 +268,34 @@ def test_a_killed_process_gives_its_reservations_back_after_the_lease(
         time.sleep(0.1)
     else:
         raise AssertionError("capacity never came back after the lease")
+
+
+def test_on_a_cluster_a_denial_in_one_slot_takes_back_the_other_slots_charges(
+    redis_cluster, settings
+) -> None:  # type: ignore[no-untyped-def]
+    from policies.engine.peek import current_usage
+
+    settings.REDIS_CLUSTER = True
+    settings.REDIS_URL = redis_cluster.url
+    org = spec(id=31, scope="org", amount=10)
+    everyone = spec(id=32, scope="global", amount=5)
+    tokens = spec(id=33, scope="org", metric="tokens", amount=1000)
+    limits = [org, everyone, tokens]
+    results = [
+        sync.admit(uuid.uuid4().hex, limits, [1, 1, 10], org_id=1).admitted for _ in range(8)
+    ]
+    assert results == [True] * 5 + [False] * 3
+    assert current_usage(org, org_id=1) == 5  # not 8: the three denied were taken back
+    assert current_usage(tokens, org_id=1) == 50
+
+
+def test_undo_takes_back_an_admit() -> None:
+    limits = [
+        spec(id=41, amount=2),
+        spec(id=42, metric="tokens", amount=100),
+        spec(id=43, metric="concurrent", window="none", amount=1),
+    ]
+    rid = uuid.uuid4().hex
+    assert admit(limits, [1, 60, 1], rid=rid).admitted
+    sync._one("undo", rid, limits, [1, 60, 1], 1, T0, sync.get_redis())
+    assert admit(limits, [1, 100, 1]).used == [1, 100, 1]
