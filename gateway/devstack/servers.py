@@ -379,6 +379,20 @@ def remove_tree(path: Path) -> None:
     shutil.rmtree(path, ignore_errors=True)
 
 
+def free_cluster_port() -> int:
+    """A free port whose cluster bus port (port + 10000) is free too; Redis needs both."""
+    import random
+
+    for _ in range(200):
+        port = random.randint(20_000, 45_000)  # noqa: S311 - not for security
+        if not port_is_open(port) and not port_is_open(port + 10_000):
+            with contextlib.suppress(OSError), socket.socket() as a, socket.socket() as b:
+                a.bind(("127.0.0.1", port))
+                b.bind(("127.0.0.1", port + 10_000))
+                return port
+    raise ServerError("no free port pair for a Redis cluster node")
+
+
 class EmbeddedRedisCluster:
     """A local Redis Cluster of ``masters`` nodes (no replicas), for scale-out tests."""
 
@@ -395,7 +409,7 @@ class EmbeddedRedisCluster:
     def start(self) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         for _ in range(self.masters):
-            port = free_port()
+            port = free_cluster_port()
             node = ManagedProcess(
                 f"redis-cluster-{port}",
                 [

@@ -56,16 +56,14 @@ def script_args(
     argv: list[str | int] = [mode, now_ms, request_id, lease_ms, len(limits)]
     for spec, charge in zip(limits, charges, strict=True):
         base = spec.counter_key(prefix, org_id)
-        keys += [f"{base}:c", f"{base}:h", f"{base}:a"]
-        argv += [
-            spec.kind,
-            spec.window_ms,
-            spec.amount,
-            charge,
-            spec.charge_class,
-            "1" if spec.action == "monitor" else "0",
-            spec.thresholds,
-        ]
+        charge_class = spec.charge_class
+        if charge_class == "h":
+            keys += [f"{base}:c", f"{base}:h", f"{base}:a"]
+        elif charge_class == "c":
+            keys += [f"{base}:c", f"{base}:h"]
+        else:
+            keys.append(f"{base}:c")
+        argv.append(f"{spec.wire},{charge}")
     return keys, argv
 
 

@@ -6,16 +6,18 @@
 -- ARGV[3]  request id (member of holds and leases)
 -- ARGV[4]  lease in ms (holds and concurrency leases expire after it: a crashed request
 --          never keeps capacity)
--- ARGV[5]  number of limits; then 7 values per limit:
+-- ARGV[5]  number of limits; then one value per limit,
+--          'kind,window,amount,class,monitor,thresholds,charge':
 --          kind     'r' rolling, 'd' calendar day, 'm' calendar month, 'c' concurrent
 --          window   window in ms (rolling) or 0
 --          amount   the limit
---          charge   admit: what this request needs; settle: what it really used
 --          class    'n' counted at once (requests), 'h' held then settled (tokens, cost),
 --                   'c' concurrency lease
 --          monitor  '1': never deny, only count and report
---          thresholds  comma-separated percentages, e.g. '80,100'
--- KEYS: 3 per limit: counter hash, holds/leases sorted set, hold amounts hash.
+--          thresholds  percentages separated by ';', e.g. '80;100'
+--          charge   admit: what this request needs; settle: what it really used
+-- KEYS, per limit by class: 'n' its counter hash; 'c' the counter hash (alert marks) and
+--          the lease set; 'h' the counter hash, the holds set and the hold amounts hash.
 --
 -- Returns {admitted, denied_index, retry_ms, used_1, reset_ms_1, ..., '#', crossings...}
 -- where crossings are triples (limit index, threshold, used).
@@ -76,51 +78,88 @@ local function period(kind)
   return y * 12 + m, days_from_civil(ny, nm, 1) * 86400000
 end
 
--- Committed usage of a counter: total, ms until some of it frees, buckets oldest first.
-local function committed(ck, kind, window)
-  if kind == 'r' then
-    local bms, nb = ring(window)
-    local cur = floor(now / bms)
-    local fields = redis.call('HGETALL', ck)
-    local total, buckets = 0, {}
-    for i = 1, #fields, 2 do
-      if string.sub(fields[i], 1, 1) == 'b' then
-        local id, v = string.match(fields[i + 1], '^(%d+):(%-?%d+)$')
-        id = tonumber(id)
-        if id and id >= cur - nb and id <= cur then
-          v = tonumber(v)
-          total = total + v
-          buckets[#buckets + 1] = {id, v}
-        end
+-- Rolling counters keep a running total 't' of the buckets in the window as of bucket
+-- 'lp'; moving on subtracts only the buckets that left, so a check costs O(1) however
+-- many sub-buckets the window has.
+local function parse_bucket(value)
+  if not value then return nil, 0 end
+  local id, v = string.match(value, '^(%d+):(%-?%d+)$')
+  return tonumber(id), tonumber(v) or 0
+end
+
+-- Every bucket still in the window, oldest first (for a denial's retry time, or when the
+-- clock moved backwards).
+local function scan(ck, cur, nb)
+  local fields = redis.call('HGETALL', ck)
+  local total, buckets = 0, {}
+  for i = 1, #fields, 2 do
+    if string.sub(fields[i], 1, 1) == 'b' then
+      local id, v = parse_bucket(fields[i + 1])
+      if id and id >= cur - nb and id <= cur then
+        total = total + v
+        buckets[#buckets + 1] = {id, v}
       end
     end
-    table.sort(buckets, function(a, b) return a[1] < b[1] end)
+  end
+  table.sort(buckets, function(a, b) return a[1] < b[1] end)
+  return total, buckets
+end
+
+local function advance(ck, window)
+  local bms, nb = ring(window)
+  local cur = floor(now / bms)
+  local st = redis.call('HMGET', ck, 't', 'lp', 'b' .. ((cur - nb) % (nb + 1)))
+  local total, lp = tonumber(st[1]) or 0, tonumber(st[2])
+  if lp == nil or lp == cur then
+    local oldest = parse_bucket(st[3])
+    return total, cur, bms, nb, oldest
+  end
+  if cur < lp then
+    -- The clock went back: recount from the buckets, leave the bookmark alone.
+    local t, buckets = scan(ck, cur, nb)
+    return t, cur, bms, nb, buckets[1] and buckets[1][1]
+  end
+  if cur - lp > nb then
+    total = 0  -- every bucket left the window
+  else
+    local fields = {}
+    for id = lp - nb, cur - nb - 1 do fields[#fields + 1] = 'b' .. (id % (nb + 1)) end
+    local values = redis.call('HMGET', ck, unpack(fields))
+    for j = 1, #values do
+      local id, v = parse_bucket(values[j])
+      if id == lp - nb + j - 1 then total = total - v end
+    end
+  end
+  redis.call('HSET', ck, 't', total, 'lp', cur)
+  return total, cur, bms, nb, nil
+end
+
+-- Committed usage of a counter, and ms until some of it frees (0: unknown/none).
+local function committed(ck, kind, window)
+  if kind == 'r' then
+    local total, cur, bms, nb, oldest = advance(ck, window)
     local reset = 0
-    if #buckets > 0 then reset = (buckets[1][1] + nb + 1) * bms - now end
-    return total, reset, buckets, bms, nb
+    if oldest and oldest >= cur - nb then reset = (oldest + nb + 1) * bms - now end
+    if reset <= 0 and total > 0 then reset = window end
+    return total, reset
   elseif kind == 'd' or kind == 'm' then
     local pid, ends = period(kind)
     local stored = redis.call('HMGET', ck, 'pid', 'pv')
     local total = 0
     if tonumber(stored[1]) == pid then total = tonumber(stored[2]) or 0 end
-    return total, ends - now, nil, 0, 0
+    return total, ends - now
   end
-  return 0, 0, nil, 0, 0
+  return 0, 0
 end
 
 local function add_committed(ck, kind, window, value)
   if value == 0 then return end
   if kind == 'r' then
-    local bms, nb = ring(window)
-    local cur = floor(now / bms)
+    local total, cur, bms, nb = advance(ck, window)
     local field = 'b' .. (cur % (nb + 1))
-    local old = redis.call('HGET', ck, field)
-    local v = value
-    if old then
-      local id, ov = string.match(old, '^(%d+):(%-?%d+)$')
-      if tonumber(id) == cur then v = v + tonumber(ov) end
-    end
-    redis.call('HSET', ck, field, cur .. ':' .. v)
+    local id, v = parse_bucket(redis.call('HGET', ck, field))
+    if id ~= cur then v = 0 end
+    redis.call('HSET', ck, field, cur .. ':' .. (v + value), 't', total + value, 'lp', cur)
     redis.call('PEXPIRE', ck, window * 2 + bms + lease)
   else
     local pid, ends = period(kind)
@@ -180,14 +219,25 @@ local function crossings(out, i, ck, kind, window, amount, before, after, thresh
 end
 
 local specs = {}
+local k = 1
 for i = 1, n do
-  local a = 5 + (i - 1) * 7
-  specs[i] = {
-    kind = ARGV[a + 1], window = tonumber(ARGV[a + 2]), amount = tonumber(ARGV[a + 3]),
-    charge = tonumber(ARGV[a + 4]), class = ARGV[a + 5], monitor = ARGV[a + 6] == '1',
-    thresholds = ARGV[a + 7],
-    ck = KEYS[(i - 1) * 3 + 1], hk = KEYS[(i - 1) * 3 + 2], ak = KEYS[(i - 1) * 3 + 3],
+  local kind, window, amount, class, monitor, thresholds, charge = string.match(
+    ARGV[5 + i], '^(%a),(%d+),(%d+),(%a),(%d),([%d;]*),(%-?%d+)$')
+  local s = {
+    kind = kind, window = tonumber(window), amount = tonumber(amount), class = class,
+    monitor = monitor == '1', thresholds = thresholds, charge = tonumber(charge),
   }
+  if class == 'h' then
+    s.ck, s.hk, s.ak = KEYS[k], KEYS[k + 1], KEYS[k + 2]
+    k = k + 3
+  elseif class == 'c' then
+    s.ck, s.hk = KEYS[k], KEYS[k + 1]
+    k = k + 2
+  else
+    s.ck = KEYS[k]
+    k = k + 1
+  end
+  specs[i] = s
 end
 
 local result, found = {}, {}
@@ -241,26 +291,27 @@ if mode == 'settle' then
 end
 
 -- admit: check every limit, then charge all or none.
-local used, resets, buckets = {}, {}, {}
+local used, resets = {}, {}
 local denied, retry = 0, 0
 for i = 1, n do
   local s = specs[i]
-  local u, reset, b = 0, 0, nil
+  local u, reset = 0, 0
   if s.class == 'c' then
     u = leases(s.hk)
     reset = 1000
   else
-    u, reset, b = committed(s.ck, s.kind, s.window)
+    u, reset = committed(s.ck, s.kind, s.window)
     if s.class == 'h' then u = u + held(s.ck, s.hk, s.ak) end
   end
-  used[i], resets[i], buckets[i] = u, reset, b
+  used[i], resets[i] = u, reset
   if denied == 0 and not s.monitor and u + s.charge > s.amount then
     denied = i
     if s.charge > s.amount then
       retry = -1  -- this request alone is larger than the limit
-    elseif s.kind == 'r' and b then
+    elseif s.kind == 'r' then
       local need, freed = u + s.charge - s.amount, 0
       local bms, nb = ring(s.window)
+      local _, b = scan(s.ck, floor(now / bms), nb)
       retry = 1000  -- only holds in the way: they settle soon
       for j = 1, #b do
         freed = freed + b[j][2]

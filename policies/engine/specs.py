@@ -48,6 +48,15 @@ class LimitSpec:
     api_key_name: str = ""
 
     @property
+    def wire(self) -> str:
+        """This limit as the script reads it (the request's charge is appended)."""
+        monitor = "1" if self.action == "monitor" else "0"
+        thresholds = self.thresholds.replace(",", ";")
+        return (
+            f"{self.kind},{self.window_ms},{self.amount},{self.charge_class},{monitor},{thresholds}"
+        )
+
+    @property
     def kind(self) -> str:
         return KIND.get(self.window, "r")
 
