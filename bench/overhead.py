@@ -57,6 +57,36 @@ def make_rows(upstream: str) -> str:
     return raw
 
 
+def make_limits(count: int) -> None:
+    """Limits on the bench org's request path, large enough never to deny."""
+    from policies.models import ApiKey, Feature, Limit, Organization
+
+    org = Organization.objects.get(slug="bench")
+    Limit.objects.filter(org=org).delete()
+    key = ApiKey.objects.filter(org=org).order_by("-created_at").first()
+    shapes = [
+        {"scope": "org", "metric": "requests", "window": "minute", "amount": 10**9},
+        {"scope": "org", "metric": "tokens", "window": "hour", "amount": 10**12},
+        {"scope": "org", "metric": "cost", "window": "calendar_day", "amount": 10**12},
+        {
+            "scope": "org_feature",
+            "feature": Feature.objects.get(name="chat"),
+            "metric": "requests",
+            "window": "second",
+            "amount": 10**9,
+        },
+        {
+            "scope": "api_key",
+            "api_key": key,
+            "metric": "concurrent",
+            "window": "none",
+            "amount": 10**6,
+        },
+    ]
+    for shape in shapes[:count]:
+        Limit.objects.create(org=org, **shape)
+
+
 async def latency(url: str, headers: dict[str, str], n: int) -> list[float]:
     out = []
     async with aiohttp.ClientSession() as session:
@@ -161,6 +191,14 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=50)
     parser.add_argument("--streams", type=int, default=1000)
     parser.add_argument(
+        "--limits",
+        type=int,
+        default=0,
+        choices=range(6),
+        help="limits on the request path (0-5: org requests/min, tokens/hour, "
+        "cost/day, org+feature requests/s, key concurrency)",
+    )
+    parser.add_argument(
         "--server",
         choices=["uvicorn", "granian"],
         default="uvicorn",
@@ -197,6 +235,7 @@ def main() -> None:
         log=logs / "upstream.log",
     )
     key = make_rows(upstream)
+    make_limits(args.limits)
     if args.server == "granian":
         command = [
             sys.executable,

@@ -384,7 +384,7 @@ def free_cluster_port() -> int:
     import random
 
     for _ in range(200):
-        port = random.randint(20_000, 45_000)  # noqa: S311 - not for security
+        port = random.randint(20_000, 45_000)
         if not port_is_open(port) and not port_is_open(port + 10_000):
             with contextlib.suppress(OSError), socket.socket() as a, socket.socket() as b:
                 a.bind(("127.0.0.1", port))
