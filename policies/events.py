@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections import deque
 from typing import Any, cast
 
 import redis
@@ -33,16 +34,30 @@ def encode(data: dict[str, Any]) -> bytes:
     return json.dumps(data, separators=(",", ":"), default=str).encode()
 
 
+# Events that could not be published (Redis down) wait here and go out with the next ones.
+PENDING_LIMIT = 10_000
+_pending: deque[dict[str, Any]] = deque(maxlen=PENDING_LIMIT)
+
+
+def has_pending() -> bool:
+    return bool(_pending)
+
+
 async def emit_async(client: aioredis.Redis, events: list[dict[str, Any]]) -> None:
-    if not events:
+    if not events and not _pending:
         return
+    batch = [*_pending, *events]
     try:
         pipe = client.pipeline(transaction=False)
-        for data in events:
+        for data in batch:
             pipe.xadd(key(*STREAM), {"d": encode(data)}, maxlen=MAX_EVENTS, approximate=True)
         await pipe.execute()
     except (redis.RedisError, OSError):
-        log.warning("could not publish %d engine event(s): %s", len(events), events[:3])
+        if not _pending:
+            log.warning("engine events held in memory until Redis is back: %s", events[:3])
+        _pending.extend(events)
+    else:
+        _pending.clear()
 
 
 def emit(client: redis.Redis, events: list[dict[str, Any]]) -> None:

@@ -6,11 +6,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import time
 from decimal import Decimal
 from typing import Any
 
 from gateway.proxy.catalog import Catalog, KeyInfo
 from gateway.proxy.http import Headers, ProxyError
+from policies import events
 from policies.engine.core import Crossing, Decision
 from policies.engine.limiter import (
     Limiter,
@@ -24,10 +26,14 @@ from policies.engine.specs import LimitSpec
 
 log = logging.getLogger(__name__)
 
+# A limit failing open is reported at most once per this many seconds per process.
+FAIL_OPEN_REPORT_SECONDS = 60
+
 
 class LimitGate:
     def __init__(self) -> None:
         self.limiter = Limiter()
+        self._fail_open_at: dict[int, float] = {}
         self._background: set[asyncio.Task[None]] = set()
 
     async def admit(
@@ -56,6 +62,7 @@ class LimitGate:
         try:
             decision = await self.limiter.admit(call.request_id, limits, charges, org_id=key.org_id)
         except LimiterUnavailable as exc:
+            self._report_degraded(limits, key, kind="limit.fail_closed")
             raise ProxyError(
                 503,
                 "Limits cannot be checked right now (the limiter's store is "
@@ -65,8 +72,10 @@ class LimitGate:
                 headers=[(b"retry-after", b"1")],
             ) from None
         self._publish_crossings(decision.crossings, key, feature)
+        if not decision.degraded and events.has_pending():
+            self._publish([])  # Redis is back: send what waited in memory
         if decision.degraded:
-            self._publish([fail_open_event(limits, org_id=key.org_id, org_slug=key.org_slug)])
+            self._report_degraded(limits, key, kind="limit.fail_open")
             call.event.error = "limits not checked: fail-open"
             return
         if not decision.admitted:
@@ -95,6 +104,21 @@ class LimitGate:
                     for c in crossings
                 ]
             )
+
+    def _report_degraded(self, limits: tuple[LimitSpec, ...], key: KeyInfo, *, kind: str) -> None:
+        # One report per limit per FAIL_OPEN_REPORT_SECONDS per process, not one per request.
+        now = time.monotonic()
+        fresh = [
+            s
+            for s in limits
+            if now - self._fail_open_at.get(s.id, -1e9) >= FAIL_OPEN_REPORT_SECONDS
+        ]
+        if fresh:
+            for spec in fresh:
+                self._fail_open_at[spec.id] = now
+            event = fail_open_event(fresh, org_id=key.org_id, org_slug=key.org_slug)
+            event["kind"] = kind
+            self._publish([event])
 
     def _publish(self, items: list[dict[str, Any]]) -> None:
         # Not awaited by the request: events go out beside it.

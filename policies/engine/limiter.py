@@ -233,8 +233,9 @@ class Limiter:
             try:
                 decision = await self._call("admit", request_id, limits, charges, org_id, now_ms)
             except (redis.RedisError, OSError, TimeoutError) as exc:
+                if self.breaker.failures == 0:
+                    log.warning("limiter: Redis unavailable (%s); applying failure modes", exc)
                 self.breaker.failure()
-                log.warning("limiter: Redis unavailable (%s); applying failure modes", exc)
             else:
                 self.breaker.success()
                 return decision

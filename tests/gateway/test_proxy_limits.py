@@ -5,6 +5,7 @@ gateway process."""
 from __future__ import annotations
 
 import asyncio
+import json
 import multiprocessing
 import time
 from decimal import Decimal
@@ -341,6 +342,20 @@ def test_failure_modes_with_redis_really_stopped(
     while time.monotonic() < deadline and call(closed_key).status_code != 200:
         time.sleep(0.2)
     assert call(closed_key).status_code == 200
+
+    # The fail-open period was reported once (not once per request), after Redis came back.
+    import redis as redis_lib
+
+    client = redis_lib.Redis.from_url(throwaway_redis.url)
+    deadline = time.monotonic() + 5
+    reported: list[dict] = []  # type: ignore[type-arg]
+    while time.monotonic() < deadline and not reported:
+        call(open_key)
+        reported = [json.loads(fields[b"d"]) for _id, fields in client.xrange("tg:events")]
+        reported = [e for e in reported if e["kind"] == "limit.fail_open"]
+        time.sleep(0.1)
+    assert len(reported) == 1
+    assert reported[0]["org"] == "open"
 
 
 def test_a_tier_default_applies_unless_the_org_has_its_own(proxy: Setup) -> None:
