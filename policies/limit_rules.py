@@ -9,6 +9,9 @@ if TYPE_CHECKING:
 
 WINDOW_SECONDS = {"second": 1, "minute": 60, "hour": 3600, "day": 86400}
 CALENDAR_WINDOWS = {"calendar_day", "calendar_month"}
+# The largest amount of any limit (for cost: $10,000,000 in micro-USD); the limiter's
+# arithmetic stays exact below it.
+MAX_AMOUNT = 10**13
 # The longest a request may wait for capacity.
 MAX_WAIT_CEILING_SECONDS = 300
 
@@ -17,6 +20,8 @@ def limit_errors(limit: Limit) -> dict[str, str]:
     errors: dict[str, str] = {}
     if limit.amount is None or limit.amount <= 0:
         errors["amount"] = "The amount must be a positive number."
+    elif limit.amount > MAX_AMOUNT:
+        errors["amount"] = f"The amount must be at most {MAX_AMOUNT:,}."
     if limit.metric == "concurrent":
         if limit.window not in ("none", "", None):
             errors["window"] = "A concurrent-requests limit has no window; use 'none'."

@@ -66,6 +66,8 @@ class Call:
     upstream_seconds: float = 0.0
     response_started: bool = False
     key: KeyInfo | None = None
+    # Holds and leases are keyed by this server-made id, never by the client's request id.
+    lease_id: str = field(default_factory=lambda: uuid.uuid4().hex)
     # Limits charged for this request (settled after it), and their headers.
     limits: tuple[LimitSpec, ...] = ()
     decision: Decision | None = None

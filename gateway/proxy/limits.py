@@ -60,7 +60,7 @@ class LimitGate:
             output_price=model.output_price,
         )
         try:
-            decision = await self.limiter.admit(call.request_id, limits, charges, org_id=key.org_id)
+            decision = await self.limiter.admit(call.lease_id, limits, charges, org_id=key.org_id)
         except LimiterUnavailable as exc:
             self._report_degraded(limits, key, kind="limit.fail_closed")
             raise ProxyError(
@@ -71,6 +71,9 @@ class LimitGate:
                 outcome="rate_limited",
                 headers=[(b"retry-after", b"1")],
             ) from None
+        if decision.admitted and not decision.degraded:
+            call.limits = limits  # from here on, settle gives the reservations back
+            call.decision = decision
         self._publish_crossings(decision.crossings, key, feature)
         if not decision.degraded and events.has_pending():
             self._publish([])  # Redis is back: send what waited in memory
@@ -80,8 +83,6 @@ class LimitGate:
             return
         if not decision.admitted:
             raise denial(decision, key=key, feature=feature)
-        call.limits = limits
-        call.decision = decision
         call.rate_headers = rate_headers(decision)
 
     async def settle(self, call: Any, *, tokens: int, cost_usd: Decimal) -> None:
@@ -89,7 +90,7 @@ class LimitGate:
             return
         key: KeyInfo = call.key
         crossings = await self.limiter.settle(
-            call.request_id,
+            call.lease_id,
             call.limits,
             actuals_for(call.limits, tokens=tokens, cost_usd=cost_usd),
             org_id=key.org_id,

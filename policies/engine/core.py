@@ -29,6 +29,7 @@ class Decision:
     retry_ms: int = 0
     crossings: list[Crossing] = field(default_factory=list)
     degraded: bool = False  # Redis was unreachable and the limits' failure modes decided
+    now_ms: int = 0  # the Redis time of the decision (an undo must use the same)
 
     @property
     def retry_seconds(self) -> float | None:
@@ -82,7 +83,12 @@ def merge(
     """One decision from the decisions of several slot groups, in the limits' own order."""
     used = [0] * len(limits)
     reset = [0] * len(limits)
-    merged = Decision(admitted=all(d.admitted for _i, d in parts), limits=limits, charges=charges)
+    merged = Decision(
+        admitted=all(d.admitted for _i, d in parts),
+        limits=limits,
+        charges=charges,
+        now_ms=parts[0][1].now_ms if parts else 0,
+    )
     for indices, decision in parts:
         for j, i in enumerate(indices):
             if j < len(decision.used):
@@ -97,10 +103,12 @@ def merge(
 def parse(raw: list[int | bytes], limits: Sequence[LimitSpec], charges: Sequence[int]) -> Decision:
     marker = raw.index(b"#")
     admitted, denied, retry = int(raw[0]), int(raw[1]), int(raw[2])
-    decision = Decision(admitted=bool(admitted), limits=limits, charges=charges, retry_ms=retry)
+    decision = Decision(
+        admitted=bool(admitted), limits=limits, charges=charges, retry_ms=retry, now_ms=int(raw[3])
+    )
     if denied:
         decision.denied = limits[denied - 1]
-    body = raw[3:marker]
+    body = raw[4:marker]
     decision.used = [int(v) for v in body[0::2]]
     decision.reset_ms = [int(v) for v in body[1::2]]
     tail = raw[marker + 1 :]

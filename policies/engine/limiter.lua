@@ -110,14 +110,15 @@ local function advance(ck, window)
   local cur = floor(now / bms)
   local st = redis.call('HMGET', ck, 't', 'lp', 'b' .. ((cur - nb) % (nb + 1)))
   local total, lp = tonumber(st[1]) or 0, tonumber(st[2])
+  if lp ~= nil and cur < lp then
+    -- The clock went back (a failover to a server with a slower clock): count and charge
+    -- as of the bookmark, so nothing already counted is forgotten.
+    cur = lp
+    st[3] = redis.call('HGET', ck, 'b' .. ((cur - nb) % (nb + 1)))
+  end
   if lp == nil or lp == cur then
     local oldest = parse_bucket(st[3])
     return total, cur, bms, nb, oldest
-  end
-  if cur < lp then
-    -- The clock went back: recount from the buckets, leave the bookmark alone.
-    local t, buckets = scan(ck, cur, nb)
-    return t, cur, bms, nb, buckets[1] and buckets[1][1]
   end
   if cur - lp > nb then
     total = 0  -- every bucket left the window
@@ -134,6 +135,15 @@ local function advance(ck, window)
   return total, cur, bms, nb, nil
 end
 
+-- How long a rolling limit's keys live: past the window and any lease, so no key that
+-- holds live state expires before the others.
+local function rolling_ttl(window)
+  local bms = ring(window)
+  local ttl = window * 2 + bms + lease
+  if lease * 2 > ttl then ttl = lease * 2 end
+  return ttl
+end
+
 -- Committed usage of a counter, and ms until some of it frees (0: unknown/none).
 local function committed(ck, kind, window)
   if kind == 'r' then
@@ -145,8 +155,9 @@ local function committed(ck, kind, window)
   elseif kind == 'd' or kind == 'm' then
     local pid, ends = period(kind)
     local stored = redis.call('HMGET', ck, 'pid', 'pv')
-    local total = 0
-    if tonumber(stored[1]) == pid then total = tonumber(stored[2]) or 0 end
+    local total, spid = 0, tonumber(stored[1])
+    -- A later period than ours means the clock went back: keep counting that one.
+    if spid and spid >= pid then total = tonumber(stored[2]) or 0 end
     return total, ends - now
   end
   return 0, 0
@@ -160,16 +171,39 @@ local function add_committed(ck, kind, window, value)
     local id, v = parse_bucket(redis.call('HGET', ck, field))
     if id ~= cur then v = 0 end
     redis.call('HSET', ck, field, cur .. ':' .. (v + value), 't', total + value, 'lp', cur)
-    redis.call('PEXPIRE', ck, window * 2 + bms + lease)
+    redis.call('PEXPIRE', ck, rolling_ttl(window))
   else
     local pid, ends = period(kind)
     local stored = tonumber(redis.call('HGET', ck, 'pid'))
-    if stored ~= pid then
-      redis.call('HSET', ck, 'pid', pid, 'pv', value)
-    else
+    if stored and stored >= pid then
       redis.call('HINCRBY', ck, 'pv', value)
+    else
+      redis.call('HSET', ck, 'pid', pid, 'pv', value)
     end
-    redis.call('PEXPIREAT', ck, ends + 86400000)
+    local until_ms = ends + 86400000
+    if now + lease * 2 > until_ms then until_ms = now + lease * 2 end
+    redis.call('PEXPIREAT', ck, until_ms)
+  end
+end
+
+-- Take back a charge made at time 'now' (the admit's time), in the bucket or period it
+-- went to; a bucket that has left the window since needs nothing.
+local function undo_committed(ck, kind, window, value)
+  if kind == 'r' then
+    local bms, nb = ring(window)
+    local id = floor(now / bms)
+    local field = 'b' .. (id % (nb + 1))
+    local bid, v = parse_bucket(redis.call('HGET', ck, field))
+    if bid == id then
+      redis.call('HSET', ck, field, id .. ':' .. (v - value))
+      local lp = tonumber(redis.call('HGET', ck, 'lp'))
+      if lp and id >= lp - nb and id <= lp then redis.call('HINCRBY', ck, 't', -value) end
+    end
+  else
+    local pid = period(kind)
+    if tonumber(redis.call('HGET', ck, 'pid')) == pid then
+      redis.call('HINCRBY', ck, 'pv', -value)
+    end
   end
 end
 
@@ -182,9 +216,18 @@ local function held(ck, hk, ak)
     for i = 1, #amounts do freed = freed + (tonumber(amounts[i]) or 0) end
     redis.call('ZREM', hk, unpack(gone))
     redis.call('HDEL', ak, unpack(gone))
-    redis.call('HINCRBY', ck, 'held', -freed)
+    if redis.call('HINCRBY', ck, 'held', -freed) < 0 then redis.call('HSET', ck, 'held', 0) end
   end
   return tonumber(redis.call('HGET', ck, 'held') or '0')
+end
+
+local function release_hold(ck, hk, ak)
+  local reserved = tonumber(redis.call('HGET', ak, rid))
+  if not reserved then return 0 end
+  redis.call('ZREM', hk, rid)
+  redis.call('HDEL', ak, rid)
+  if redis.call('HINCRBY', ck, 'held', -reserved) < 0 then redis.call('HSET', ck, 'held', 0) end
+  return reserved
 end
 
 local function leases(hk)
@@ -210,6 +253,7 @@ local function crossings(out, i, ck, kind, window, amount, before, after, thresh
       local last = tonumber(redis.call('HGET', ck, field))
       if last ~= mark then
         redis.call('HSET', ck, field, mark)
+        if redis.call('PTTL', ck) == -1 then redis.call('PEXPIRE', ck, 86400000) end
         out[#out + 1] = i
         out[#out + 1] = tonumber(t)
         out[#out + 1] = after
@@ -246,19 +290,14 @@ if mode == 'undo' then
   for i = 1, n do
     local s = specs[i]
     if s.class == 'n' then
-      add_committed(s.ck, s.kind, s.window, -s.charge)
+      undo_committed(s.ck, s.kind, s.window, s.charge)
     elseif s.class == 'h' then
-      local reserved = tonumber(redis.call('HGET', s.ak, rid))
-      if reserved then
-        redis.call('ZREM', s.hk, rid)
-        redis.call('HDEL', s.ak, rid)
-        redis.call('HINCRBY', s.ck, 'held', -reserved)
-      end
+      release_hold(s.ck, s.hk, s.ak)
     else
       redis.call('ZREM', s.hk, rid)
     end
   end
-  return {1, 0, 0, '#'}
+  return {1, 0, 0, now, '#'}
 end
 
 if mode == 'settle' then
@@ -269,14 +308,7 @@ if mode == 'settle' then
     elseif s.class == 'h' then
       local before_held = held(s.ck, s.hk, s.ak)
       local before = committed(s.ck, s.kind, s.window) + before_held
-      local reserved = tonumber(redis.call('HGET', s.ak, rid))
-      if reserved then
-        redis.call('ZREM', s.hk, rid)
-        redis.call('HDEL', s.ak, rid)
-        redis.call('HINCRBY', s.ck, 'held', -reserved)
-      else
-        reserved = 0
-      end
+      local reserved = release_hold(s.ck, s.hk, s.ak)
       add_committed(s.ck, s.kind, s.window, s.charge)
       crossings(found, i, s.ck, s.kind, s.window, s.amount, before, before - reserved + s.charge,
                 s.thresholds, false)
@@ -285,7 +317,8 @@ if mode == 'settle' then
   result[1] = 1
   result[2] = 0
   result[3] = 0
-  result[4] = '#'
+  result[4] = now
+  result[5] = '#'
   for j = 1, #found do result[#result + 1] = found[j] end
   return result
 end
@@ -311,7 +344,10 @@ for i = 1, n do
     elseif s.kind == 'r' then
       local need, freed = u + s.charge - s.amount, 0
       local bms, nb = ring(s.window)
-      local _, b = scan(s.ck, floor(now / bms), nb)
+      local cur = floor(now / bms)
+      local lp = tonumber(redis.call('HGET', s.ck, 'lp'))
+      if lp and lp > cur then cur = lp end
+      local _, b = scan(s.ck, cur, nb)
       retry = 1000  -- only holds in the way: they settle soon
       for j = 1, #b do
         freed = freed + b[j][2]
@@ -340,11 +376,19 @@ else
       redis.call('ZADD', s.hk, now + lease, rid)
       redis.call('HSET', s.ak, rid, s.charge)
       redis.call('HINCRBY', s.ck, 'held', s.charge)
+      -- The counter outlives the holds it counts (else a reaped hold would go negative).
       local ttl = lease * 2
-      if s.kind == 'r' and s.window * 2 > ttl then ttl = s.window * 2 end
+      if s.kind == 'r' then
+        ttl = rolling_ttl(s.window)
+        redis.call('PEXPIRE', s.ck, ttl)
+      else
+        local _, ends = period(s.kind)
+        local until_ms = ends + 86400000
+        if now + ttl > until_ms then until_ms = now + ttl end
+        redis.call('PEXPIREAT', s.ck, until_ms)
+      end
       redis.call('PEXPIRE', s.hk, ttl)
       redis.call('PEXPIRE', s.ak, ttl)
-      if s.kind == 'r' then redis.call('PEXPIRE', s.ck, ttl) end
     else
       redis.call('ZADD', s.hk, now + lease, rid)
       redis.call('PEXPIRE', s.hk, lease * 2)
@@ -357,6 +401,7 @@ end
 result[1] = (denied == 0) and 1 or 0
 result[2] = denied
 result[3] = retry
+result[4] = now
 for i = 1, n do
   result[#result + 1] = used[i]
   result[#result + 1] = resets[i]

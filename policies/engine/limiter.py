@@ -31,6 +31,9 @@ from policies.engine.specs import LimitSpec
 log = logging.getLogger(__name__)
 
 MICRO = Decimal(1_000_000)
+# No single charge exceeds this (a larger one never fits any limit anyway, and the script's
+# numbers must stay exact integers).
+MAX_CHARGE = 10**13
 
 
 class LimiterUnavailable(Exception):
@@ -88,10 +91,10 @@ def charges_for(
                 charges.append(input_tokens + output)
             else:
                 usd = (input_tokens * input_price + output * output_price) / MICRO
-                charges.append(micro_usd(usd))
+                charges.append(min(micro_usd(usd), MAX_CHARGE))
         else:
             charges.append(1)
-    return charges
+    return [min(c, MAX_CHARGE) for c in charges]
 
 
 def micro_usd(usd: Decimal) -> int:
@@ -101,7 +104,10 @@ def micro_usd(usd: Decimal) -> int:
 
 def actuals_for(limits: Sequence[LimitSpec], *, tokens: int, cost_usd: Decimal) -> list[int]:
     return [
-        tokens if s.metric == "tokens" else micro_usd(cost_usd) if s.metric == "cost" else 0
+        min(
+            tokens if s.metric == "tokens" else micro_usd(cost_usd) if s.metric == "cost" else 0,
+            MAX_CHARGE,
+        )
         for s in limits
     ]
 
@@ -134,26 +140,44 @@ class Limiter:
         groups = slot_groups(limits, org_id) if settings.REDIS_CLUSTER else []
         if len(groups) <= 1:
             return await self._call_one(mode, request_id, limits, charges, org_id, now_ms)
-        # Redis Cluster: one script call per hash slot. An admit denied in a later slot
-        # takes back what earlier slots charged, so all-or-nothing still holds.
+        # Redis Cluster: one script call per hash slot. An admit denied (or failed) in a
+        # later slot takes back what earlier slots charged, so all-or-nothing still holds.
         parts: list[tuple[list[int], Decision]] = []
-        for indices in groups:
-            sub = [limits[i] for i in indices]
-            sub_charges = [charges[i] for i in indices]
-            decision = await self._call_one(mode, request_id, sub, sub_charges, org_id, now_ms)
-            parts.append((indices, decision))
-            if mode == "admit" and not decision.admitted:
-                for done, _d in parts[:-1]:
-                    await self._call_one(
-                        "undo",
-                        request_id,
-                        [limits[i] for i in done],
-                        [charges[i] for i in done],
-                        org_id,
-                        now_ms,
-                    )
-                break
+        try:
+            for indices in groups:
+                sub = [limits[i] for i in indices]
+                sub_charges = [charges[i] for i in indices]
+                decision = await self._call_one(mode, request_id, sub, sub_charges, org_id, now_ms)
+                parts.append((indices, decision))
+                if mode == "admit" and not decision.admitted:
+                    await self._undo(request_id, parts[:-1], limits, charges, org_id)
+                    break
+        except BaseException:
+            if mode == "admit":
+                await self._undo(request_id, parts, limits, charges, org_id)
+            raise
         return merge(parts, limits, charges)
+
+    async def _undo(
+        self,
+        request_id: str,
+        parts: list[tuple[list[int], Decision]],
+        limits: Sequence[LimitSpec],
+        charges: Sequence[int],
+        org_id: int,
+    ) -> None:
+        for done, decision in parts:
+            try:
+                await self._call_one(
+                    "undo",
+                    request_id,
+                    [limits[i] for i in done],
+                    [charges[i] for i in done],
+                    org_id,
+                    decision.now_ms,  # in the bucket or period the admit charged
+                )
+            except Exception:
+                log.warning("limiter: could not take back a partial admit of %s", request_id)
 
     async def _call_one(
         self,
@@ -201,12 +225,11 @@ class Limiter:
             return decision
         deadline = started + (spec.max_wait_seconds or 0)
         async with self._lock(spec):
+            # Our turn: capacity may have come back while we queued, so look again.
+            decision = await self._guarded(request_id, limits, charges, org_id, now_ms)
+            if decision.admitted or decision.denied is None or decision.denied.action != "wait":
+                return decision
             while True:
-                if waiting:
-                    waiting = []
-                    decision = await self._guarded(request_id, limits, charges, org_id, now_ms)
-                    if decision.admitted or decision.denied is None:
-                        return decision
                 wait = decision.retry_ms / 1000
                 if decision.retry_ms < 0 or time.monotonic() + wait > deadline:
                     return decision
@@ -232,13 +255,19 @@ class Limiter:
         if self.breaker.allow():
             try:
                 decision = await self._call("admit", request_id, limits, charges, org_id, now_ms)
-            except (redis.RedisError, OSError, TimeoutError) as exc:
+            except redis.ResponseError:
+                # The script itself failed: a bug, not an outage; the breaker stays as is.
+                log.exception("limiter: the script failed; applying failure modes")
+                self.breaker.probing = False
+            except Exception as exc:
                 if self.breaker.failures == 0:
                     log.warning("limiter: Redis unavailable (%s); applying failure modes", exc)
                 self.breaker.failure()
             else:
                 self.breaker.success()
                 return decision
+            finally:
+                self.breaker.probing = False  # also when the probe was cancelled
         return self._degraded(limits, charges)
 
     def _degraded(self, limits: Sequence[LimitSpec], charges: Sequence[int]) -> Decision:
@@ -265,16 +294,15 @@ class Limiter:
         now_ms: int = 0,
     ) -> list[Crossing]:
         """Release leases and replace reservations by what the request really used."""
-        if not any(s.charge_class != "n" for s in limits) or not self.breaker.allow():
+        # Tried even while the breaker is open: only requests admitted while Redis answered
+        # get here, and giving their leases back early matters more than a failed call.
+        if not any(s.charge_class != "n" for s in limits):
             return []
         try:
             decision = await self._call("settle", request_id, limits, actuals, org_id, now_ms)
-        except (redis.RedisError, OSError, TimeoutError) as exc:
-            # The holds expire with their lease; nothing stays charged for ever.
-            self.breaker.failure()
+        except Exception as exc:
             log.warning("limiter: could not settle %s (%s)", request_id, exc)
             return []
-        self.breaker.success()
         return decision.crossings
 
     async def publish(self, items: list[dict[str, Any]]) -> None:

@@ -3,6 +3,7 @@ throttle and the middleware) and for tests that pin the clock."""
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from typing import Any
 
@@ -58,31 +59,42 @@ def _call(
     groups = slot_groups(limits, org_id) if settings.REDIS_CLUSTER else []
     if len(groups) <= 1:
         return _one(mode, request_id, limits, charges, org_id, now_ms, client)
-    # Redis Cluster: one call per hash slot; a later denial takes back earlier charges.
+    # Redis Cluster: one call per hash slot; a later denial (or failure) takes back what
+    # earlier slots charged, in the bucket or period each admit charged.
     parts: list[tuple[list[int], Decision]] = []
-    for indices in groups:
-        decision = _one(
-            mode,
-            request_id,
-            [limits[i] for i in indices],
-            [charges[i] for i in indices],
-            org_id,
-            now_ms,
-            client,
-        )
-        parts.append((indices, decision))
-        if mode == "admit" and not decision.admitted:
-            for done, _d in parts[:-1]:
+
+    def undo(done_parts: list[tuple[list[int], Decision]]) -> None:
+        for done, decision in done_parts:
+            with contextlib.suppress(Exception):  # best effort; holds and leases expire
                 _one(
                     "undo",
                     request_id,
                     [limits[i] for i in done],
                     [charges[i] for i in done],
                     org_id,
-                    now_ms,
+                    decision.now_ms,
                     client,
                 )
-            break
+
+    try:
+        for indices in groups:
+            decision = _one(
+                mode,
+                request_id,
+                [limits[i] for i in indices],
+                [charges[i] for i in indices],
+                org_id,
+                now_ms,
+                client,
+            )
+            parts.append((indices, decision))
+            if mode == "admit" and not decision.admitted:
+                undo(parts[:-1])
+                break
+    except BaseException:
+        if mode == "admit":
+            undo(parts)
+        raise
     return merge(parts, limits, charges)
 
 

@@ -299,3 +299,53 @@ def test_undo_takes_back_an_admit() -> None:
     assert admit(limits, [1, 60, 1], rid=rid).admitted
     sync._one("undo", rid, limits, [1, 60, 1], 1, T0, sync.get_redis())
     assert admit(limits, [1, 100, 1]).used == [1, 100, 1]
+
+
+def test_the_same_request_id_twice_cannot_share_or_leak_a_hold() -> None:
+    tokens = spec(id=51, metric="tokens", amount=1000)
+    assert admit(tokens, [300], rid="dup").admitted
+    sync.settle("dup", [tokens], [10], org_id=1, now_ms=T0)
+    sync.settle("dup", [tokens], [10], org_id=1, now_ms=T0)  # a second settle frees nothing
+    assert admit(tokens, [1]).used == [10 + 10 + 1]
+
+
+def test_a_backwards_clock_never_forgets_what_was_counted() -> None:
+    limit = spec(id=52, amount=10)
+    for _ in range(5):
+        assert admit(limit, now=T0 + 30_000).admitted
+    for _ in range(5):
+        assert admit(limit, now=T0 + 10_000).admitted
+    assert not admit(limit, now=T0 + 31_000).admitted
+
+
+def test_an_undo_takes_back_from_the_bucket_the_admit_charged() -> None:
+    limit = spec(id=53, amount=1)
+    rid = uuid.uuid4().hex
+    first = admit(limit, rid=rid, now=T0)
+    sync._one("undo", rid, [limit], [1], 1, first.now_ms, sync.get_redis())
+    assert admit(limit, now=T0 + 1_000).admitted
+    assert not admit(limit, now=T0 + 60_000).admitted  # the undo did not free a later bucket
+
+
+def test_a_huge_charge_is_a_denial_not_a_script_error() -> None:
+    from decimal import Decimal
+
+    from policies.engine.limiter import charges_for
+
+    tokens = spec(id=54, metric="tokens", amount=1000)
+    charge = charges_for(
+        [tokens], input_tokens=5, max_tokens=10**20, input_price=Decimal(1), output_price=Decimal(1)
+    )
+    decision = admit(tokens, charge)
+    assert not decision.admitted and decision.retry_ms == -1
+
+
+def test_a_reaped_hold_never_makes_the_counter_negative(settings) -> None:  # type: ignore[no-untyped-def]
+    settings.TOLLGATE_LIMIT_LEASE_SECONDS = 3
+    tokens = spec(id=55, metric="tokens", window="second", amount=1000)
+    assert admit(tokens, [900], rid="crashed").admitted
+    assert admit(tokens, [50], rid="ok").admitted
+    sync.settle("ok", [tokens], [50], org_id=1, now_ms=T0)
+    later = T0 + 5_500
+    assert admit(tokens, [1000], now=later).admitted
+    assert not admit(tokens, [900], now=later).admitted
