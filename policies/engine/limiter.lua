@@ -105,34 +105,62 @@ local function scan(ck, cur, nb)
   return total, buckets
 end
 
+-- One read per counter per call: what advance() and period_state() learn is kept here
+-- and updated by the writes below.
+local state = {}
+
 local function advance(ck, window)
+  local c = state[ck]
+  if c then return c end
   local bms, nb = ring(window)
   local cur = floor(now / bms)
-  local st = redis.call('HMGET', ck, 't', 'lp', 'b' .. ((cur - nb) % (nb + 1)))
+  local st = redis.call('HMGET', ck, 't', 'lp', 'b' .. ((cur - nb) % (nb + 1)),
+                        'b' .. (cur % (nb + 1)), 'held')
   local total, lp = tonumber(st[1]) or 0, tonumber(st[2])
   if lp ~= nil and cur < lp then
     -- The clock went back (a failover to a server with a slower clock): count and charge
     -- as of the bookmark, so nothing already counted is forgotten.
     cur = lp
-    st[3] = redis.call('HGET', ck, 'b' .. ((cur - nb) % (nb + 1)))
+    local again = redis.call('HMGET', ck, 'b' .. ((cur - nb) % (nb + 1)), 'b' .. (cur % (nb + 1)))
+    st[3], st[4] = again[1], again[2]
   end
+  -- 'moved': the key is new or entered a new bucket; its TTL is renewed only then (it
+  -- outlives a bucket by far, so renewing once per bucket keeps live keys alive).
+  c = {cur = cur, bms = bms, nb = nb, held = tonumber(st[5]) or 0, moved = lp ~= cur}
+  local cid, cv = parse_bucket(st[4])
+  c.curval = (cid == cur) and cv or 0
   if lp == nil or lp == cur then
-    local oldest = parse_bucket(st[3])
-    return total, cur, bms, nb, oldest
-  end
-  if cur - lp > nb then
-    total = 0  -- every bucket left the window
+    c.oldest = parse_bucket(st[3])
   else
-    local fields = {}
-    for id = lp - nb, cur - nb - 1 do fields[#fields + 1] = 'b' .. (id % (nb + 1)) end
-    local values = redis.call('HMGET', ck, unpack(fields))
-    for j = 1, #values do
-      local id, v = parse_bucket(values[j])
-      if id == lp - nb + j - 1 then total = total - v end
+    if cur - lp > nb then
+      total = 0  -- every bucket left the window
+    else
+      local fields = {}
+      for id = lp - nb, cur - nb - 1 do fields[#fields + 1] = 'b' .. (id % (nb + 1)) end
+      local values = redis.call('HMGET', ck, unpack(fields))
+      for j = 1, #values do
+        local id, v = parse_bucket(values[j])
+        if id == lp - nb + j - 1 then total = total - v end
+      end
     end
+    redis.call('HSET', ck, 't', total, 'lp', cur)
   end
-  redis.call('HSET', ck, 't', total, 'lp', cur)
-  return total, cur, bms, nb, nil
+  c.total = total
+  state[ck] = c
+  return c
+end
+
+local function period_state(ck, kind)
+  local c = state[ck]
+  if c then return c end
+  local pid, ends = period(kind)
+  local st = redis.call('HMGET', ck, 'pid', 'pv', 'held')
+  local spid = tonumber(st[1])
+  c = {pid = pid, ends = ends, spid = spid, held = tonumber(st[3]) or 0, total = 0}
+  -- A later period than ours means the clock went back: keep counting that one.
+  if spid and spid >= pid then c.total = tonumber(st[2]) or 0 end
+  state[ck] = c
+  return c
 end
 
 -- How long a rolling limit's keys live: past the window and any lease, so no key that
@@ -147,18 +175,14 @@ end
 -- Committed usage of a counter, and ms until some of it frees (0: unknown/none).
 local function committed(ck, kind, window)
   if kind == 'r' then
-    local total, cur, bms, nb, oldest = advance(ck, window)
+    local c = advance(ck, window)
     local reset = 0
-    if oldest and oldest >= cur - nb then reset = (oldest + nb + 1) * bms - now end
-    if reset <= 0 and total > 0 then reset = window end
-    return total, reset
+    if c.oldest and c.oldest >= c.cur - c.nb then reset = (c.oldest + c.nb + 1) * c.bms - now end
+    if reset <= 0 and c.total > 0 then reset = window end
+    return c.total, reset
   elseif kind == 'd' or kind == 'm' then
-    local pid, ends = period(kind)
-    local stored = redis.call('HMGET', ck, 'pid', 'pv')
-    local total, spid = 0, tonumber(stored[1])
-    -- A later period than ours means the clock went back: keep counting that one.
-    if spid and spid >= pid then total = tonumber(stored[2]) or 0 end
-    return total, ends - now
+    local c = period_state(ck, kind)
+    return c.total, c.ends - now
   end
   return 0, 0
 end
@@ -166,23 +190,28 @@ end
 local function add_committed(ck, kind, window, value)
   if value == 0 then return end
   if kind == 'r' then
-    local total, cur, bms, nb = advance(ck, window)
-    local field = 'b' .. (cur % (nb + 1))
-    local id, v = parse_bucket(redis.call('HGET', ck, field))
-    if id ~= cur then v = 0 end
-    redis.call('HSET', ck, field, cur .. ':' .. (v + value), 't', total + value, 'lp', cur)
-    redis.call('PEXPIRE', ck, rolling_ttl(window))
+    local c = advance(ck, window)
+    c.curval = c.curval + value
+    c.total = c.total + value
+    redis.call('HSET', ck, 'b' .. (c.cur % (c.nb + 1)), c.cur .. ':' .. c.curval,
+               't', c.total, 'lp', c.cur)
+    if c.moved then
+      redis.call('PEXPIRE', ck, rolling_ttl(window))
+      c.moved = false
+    end
   else
-    local pid, ends = period(kind)
-    local stored = tonumber(redis.call('HGET', ck, 'pid'))
-    if stored and stored >= pid then
+    local c = period_state(ck, kind)
+    if c.spid and c.spid >= c.pid then
       redis.call('HINCRBY', ck, 'pv', value)
     else
-      redis.call('HSET', ck, 'pid', pid, 'pv', value)
+      -- A new period (or a new key): the expiry is set once per period.
+      redis.call('HSET', ck, 'pid', c.pid, 'pv', value)
+      c.spid = c.pid
+      local until_ms = c.ends + 86400000
+      if now + lease * 2 > until_ms then until_ms = now + lease * 2 end
+      redis.call('PEXPIREAT', ck, until_ms)
     end
-    local until_ms = ends + 86400000
-    if now + lease * 2 > until_ms then until_ms = now + lease * 2 end
-    redis.call('PEXPIREAT', ck, until_ms)
+    c.total = c.total + value
   end
 end
 
@@ -208,7 +237,8 @@ local function undo_committed(ck, kind, window, value)
 end
 
 -- Holds (reserved tokens or cost) whose request died are released here.
-local function held(ck, hk, ak)
+local function held(ck, hk, ak, kind, window)
+  local c = (kind == 'r') and advance(ck, window) or period_state(ck, kind)
   local gone = redis.call('ZRANGEBYSCORE', hk, '-inf', now, 'LIMIT', 0, 500)
   if #gone > 0 then
     local amounts = redis.call('HMGET', ak, unpack(gone))
@@ -216,9 +246,13 @@ local function held(ck, hk, ak)
     for i = 1, #amounts do freed = freed + (tonumber(amounts[i]) or 0) end
     redis.call('ZREM', hk, unpack(gone))
     redis.call('HDEL', ak, unpack(gone))
-    if redis.call('HINCRBY', ck, 'held', -freed) < 0 then redis.call('HSET', ck, 'held', 0) end
+    c.held = redis.call('HINCRBY', ck, 'held', -freed)
+    if c.held < 0 then
+      redis.call('HSET', ck, 'held', 0)
+      c.held = 0
+    end
   end
-  return tonumber(redis.call('HGET', ck, 'held') or '0')
+  return c.held
 end
 
 local function release_hold(ck, hk, ak)
@@ -226,7 +260,9 @@ local function release_hold(ck, hk, ak)
   if not reserved then return 0 end
   redis.call('ZREM', hk, rid)
   redis.call('HDEL', ak, rid)
-  if redis.call('HINCRBY', ck, 'held', -reserved) < 0 then redis.call('HSET', ck, 'held', 0) end
+  local left = redis.call('HINCRBY', ck, 'held', -reserved)
+  if left < 0 then redis.call('HSET', ck, 'held', 0) end
+  if state[ck] then state[ck].held = (left < 0) and 0 or left end
   return reserved
 end
 
@@ -306,7 +342,7 @@ if mode == 'settle' then
     if s.class == 'c' then
       redis.call('ZREM', s.hk, rid)
     elseif s.class == 'h' then
-      local before_held = held(s.ck, s.hk, s.ak)
+      local before_held = held(s.ck, s.hk, s.ak, s.kind, s.window)
       local before = committed(s.ck, s.kind, s.window) + before_held
       local reserved = release_hold(s.ck, s.hk, s.ak)
       add_committed(s.ck, s.kind, s.window, s.charge)
@@ -334,7 +370,7 @@ for i = 1, n do
     reset = 1000
   else
     u, reset = committed(s.ck, s.kind, s.window)
-    if s.class == 'h' then u = u + held(s.ck, s.hk, s.ak) end
+    if s.class == 'h' then u = u + held(s.ck, s.hk, s.ak, s.kind, s.window) end
   end
   used[i], resets[i] = u, reset
   if denied == 0 and not s.monitor and u + s.charge > s.amount then
@@ -381,7 +417,7 @@ else
       if s.kind == 'r' then
         ttl = rolling_ttl(s.window)
         redis.call('PEXPIRE', s.ck, ttl)
-      else
+      elseif period_state(s.ck, s.kind).spid ~= period_state(s.ck, s.kind).pid then
         local _, ends = period(s.kind)
         local until_ms = ends + 86400000
         if now + ttl > until_ms then until_ms = now + ttl end
