@@ -6,6 +6,7 @@ from typing import Any
 
 from rest_framework import serializers, viewsets
 
+from audit.mixins import AuditedViewSetMixin
 from gateway.models import LlmModel, Provider
 from policies.models import Organization
 from policies.permissions import IsTollgateAdmin, TenantViewSetMixin, scope_of
@@ -102,7 +103,7 @@ class ProviderSerializer(_TenantSerializer):
         return super().update(instance, validated_data)
 
 
-class ProviderViewSet(TenantViewSetMixin, viewsets.ModelViewSet):  # type: ignore[type-arg]
+class ProviderViewSet(AuditedViewSetMixin, TenantViewSetMixin, viewsets.ModelViewSet):  # type: ignore[type-arg]
     base_queryset = Provider.objects.select_related("org")
     serializer_class = ProviderSerializer
     shared_rows = True
@@ -154,7 +155,7 @@ class LlmModelSerializer(_TenantSerializer):
         return super().update(instance, validated_data)
 
 
-class LlmModelViewSet(TenantViewSetMixin, viewsets.ModelViewSet):  # type: ignore[type-arg]
+class LlmModelViewSet(AuditedViewSetMixin, TenantViewSetMixin, viewsets.ModelViewSet):  # type: ignore[type-arg]
     base_queryset = LlmModel.objects.select_related("org", "provider")
     serializer_class = LlmModelSerializer
     shared_rows = True

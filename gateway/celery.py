@@ -21,6 +21,12 @@ app.conf.beat_schedule = {
         # A run that could not start within 5 s is skipped: the next one does its work.
         "options": {"expires": 5},
     },
+    # Engine events (threshold crossings) into the audit trail.
+    "audit-flush-events": {
+        "task": "audit.tasks.flush_events",
+        "schedule": 2.0,
+        "options": {"expires": 10},
+    },
 }
 
 

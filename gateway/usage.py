@@ -156,7 +156,22 @@ def usage_ingest(entries: list[tuple[bytes, dict[bytes, bytes]]]) -> int:
         inserted = _insert(rows)
         _rollup(inserted)
         _touch_keys(inserted)
+        _audit(inserted)
     return len(inserted)
+
+
+def _audit(rows: list[dict[str, Any]]) -> None:
+    """Non-plain limit decisions of these requests join the audit trail, in this same
+    transaction: written exactly when their usage rows are."""
+    from audit.buffer import rows_from_usage
+    from audit.chain import append
+
+    decided = [r for r in rows if r.get("decision")]
+    if not decided:
+        return
+    org_ids = {r["org_id"] for r in decided if r.get("org_id")}
+    slugs = dict(Organization.objects.filter(pk__in=org_ids).values_list("pk", "slug"))
+    append(rows_from_usage(decided, slugs))
 
 
 def usage_flush(*, consumer: str, batch_size: int = 1000, max_batches: int = 20) -> int:

@@ -10,6 +10,7 @@ from django.db.models import Model, QuerySet
 from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
 
+from audit.mixins import AuditedAdminMixin
 from gateway.models import LlmModel
 from policies import services
 from policies.admin_limits import (
@@ -200,7 +201,7 @@ if admin.site.is_registered(User):
 
 
 @admin.register(User)
-class TollgateUserAdmin(UserAdmin):  # type: ignore[type-arg]
+class TollgateUserAdmin(AuditedAdminMixin, UserAdmin):  # type: ignore[type-arg]
     """Only global staff manage users; org admins manage their org's data, not accounts."""
 
     inlines = [MembershipInline]

@@ -9,6 +9,7 @@ from django.db.models import Model, QuerySet
 from django.forms import ModelForm
 from django.http import HttpRequest
 
+from audit.mixins import AuditedAdminMixin
 from policies.models import Organization
 from policies.selectors import AdminScope, admin_scope_for
 
@@ -21,7 +22,7 @@ def request_scope(request: HttpRequest) -> AdminScope:
     return scope
 
 
-class OrgScopedAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
+class OrgScopedAdmin(AuditedAdminMixin, admin.ModelAdmin):  # type: ignore[type-arg]
     """Permissions come from the user's scope (global staff, org admin, org member).
 
     ``org_field`` names the row's organization; ``shared_rows`` lets org users read rows

@@ -15,6 +15,7 @@ from rest_framework.exceptions import PermissionDenied
 from rest_framework.request import Request
 from rest_framework.response import Response
 
+from audit.mixins import AuditedViewSetMixin
 from gateway.models import LlmModel
 from policies import services
 from policies.models import ApiKey, Feature, Organization, Tier
@@ -68,7 +69,7 @@ class OrganizationSerializer(_ScopedSerializer):
         return super().create(validated_data)
 
 
-class OrganizationViewSet(viewsets.ModelViewSet):  # type: ignore[type-arg]
+class OrganizationViewSet(AuditedViewSetMixin, viewsets.ModelViewSet):  # type: ignore[type-arg]
     serializer_class = OrganizationSerializer
     lookup_field = "slug"
     permission_classes = [IsTollgateAdmin]
@@ -107,7 +108,7 @@ class FeatureSerializer(serializers.ModelSerializer):  # type: ignore[type-arg]
         read_only_fields = ["created_at"]
 
 
-class FeatureViewSet(viewsets.ModelViewSet):  # type: ignore[type-arg]
+class FeatureViewSet(AuditedViewSetMixin, viewsets.ModelViewSet):  # type: ignore[type-arg]
     """The global feature list: readable by every admin user, changed by global staff."""
 
     serializer_class = FeatureSerializer
@@ -229,6 +230,7 @@ class ApiKeyCreatedSerializer(ApiKeySerializer):
 
 
 class ApiKeyViewSet(
+    AuditedViewSetMixin,
     TenantViewSetMixin,
     mixins.CreateModelMixin,
     mixins.RetrieveModelMixin,

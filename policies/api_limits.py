@@ -17,6 +17,7 @@ from rest_framework.exceptions import PermissionDenied
 from rest_framework.request import Request
 from rest_framework.response import Response
 
+from audit.mixins import AuditedViewSetMixin
 from policies.engine.peek import current_usage
 from policies.engine.specs import spec_from_limit
 from policies.limit_rules import limit_errors
@@ -232,7 +233,7 @@ class LimitSerializer(serializers.ModelSerializer):  # type: ignore[type-arg]
         return attrs
 
 
-class LimitViewSet(TenantViewSetMixin, viewsets.ModelViewSet):  # type: ignore[type-arg]
+class LimitViewSet(AuditedViewSetMixin, TenantViewSetMixin, viewsets.ModelViewSet):  # type: ignore[type-arg]
     """Limits: requests, tokens, cost (micro-USD) and concurrent requests per window."""
 
     base_queryset = Limit.objects.select_related("tier", "org", "feature", "api_key")

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 from django.db import transaction
 from django.utils import timezone
 
+from audit.services import audit_record
 from gateway.models import LlmModel
 from gateway.proxy.catalog import config_changed
 from policies import keys
@@ -76,9 +77,21 @@ def apikey_set_allowed(
     )
 
 
+@transaction.atomic
 def apikey_revoke(*, key: ApiKey, actor: User | AnonymousUser | None = None) -> ApiKey:
     """Revoke a key (idempotent: a revoked key keeps its first revocation time)."""
-    ApiKey.objects.filter(pk=key.pk, revoked_at__isnull=True).update(revoked_at=timezone.now())
+    changed = ApiKey.objects.filter(pk=key.pk, revoked_at__isnull=True).update(
+        revoked_at=timezone.now()
+    )
     key.refresh_from_db(fields=["revoked_at"])
+    if changed:
+        audit_record(
+            action="apikey.revoked",
+            target=key,
+            changes={
+                "before": {"revoked_at": None},
+                "after": {"revoked_at": key.revoked_at.isoformat() if key.revoked_at else None},
+            },
+        )
     config_changed()  # a queryset update sends no post_save
     return key

@@ -26,6 +26,30 @@ from policies.models import Feature, Membership, Organization, Tier
 BASE_DIR = Path(__file__).resolve().parent.parent
 
 
+def _flush_past_the_audit_trigger() -> None:
+    """Transactional tests end with TRUNCATE of every table, which the audit table's
+    append-only trigger refuses. The test database's superuser lets this one flush through
+    (replica mode skips ordinary triggers); the application's role could not."""
+    from django.db import connection
+    from django.test import TransactionTestCase
+
+    original = TransactionTestCase._fixture_teardown
+
+    def teardown(self):  # type: ignore[no-untyped-def]
+        with connection.cursor() as cursor:
+            cursor.execute("SET session_replication_role = replica")
+        try:
+            original(self)
+        finally:
+            with connection.cursor() as cursor:
+                cursor.execute("SET session_replication_role = DEFAULT")
+
+    TransactionTestCase._fixture_teardown = teardown  # type: ignore[method-assign]
+
+
+_flush_past_the_audit_trigger()
+
+
 @pytest.fixture(autouse=True)
 def redis_prefix(settings: pytest.FixtureRequest) -> str:
     """Each test writes its Redis keys under its own prefix, so tests never see each other."""

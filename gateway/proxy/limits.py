@@ -63,6 +63,7 @@ class LimitGate:
             decision = await self.limiter.admit(call.lease_id, limits, charges, org_id=key.org_id)
         except LimiterUnavailable as exc:
             self._report_degraded(limits, key, kind="limit.fail_closed")
+            _note(call, "fail_closed", exc.limit)
             raise ProxyError(
                 503,
                 "Limits cannot be checked right now (the limiter's store is "
@@ -80,9 +81,20 @@ class LimitGate:
         if decision.degraded:
             self._report_degraded(limits, key, kind="limit.fail_open")
             call.event.error = "limits not checked: fail-open"
+            _note(call, "fail_open", limits[0])
             return
         if not decision.admitted:
+            assert decision.denied is not None
+            _note(
+                call,
+                "budget_exceeded" if decision.denied.metric == "cost" else "rejected",
+                decision.denied,
+                decision.waited_ms,
+            )
             raise denial(decision, key=key, feature=feature)
+        if decision.waited_ms:
+            waited_for = next((s for s in limits if s.action == "wait"), limits[0])
+            _note(call, "waited", waited_for, decision.waited_ms)
         call.rate_headers = rate_headers(decision)
 
     async def settle(self, call: Any, *, tokens: int, cost_usd: Decimal) -> None:
@@ -129,6 +141,14 @@ class LimitGate:
 
     async def close(self) -> None:
         await self.limiter.close()
+
+
+def _note(call: Any, decision: str, spec: LimitSpec, waited_ms: float = 0.0) -> None:
+    """Mark the request's usage event with a non-plain decision, for the audit trail."""
+    call.event.decision = decision
+    call.event.limit_id = spec.id
+    call.event.limit = f"{spec.code}: {spec.description}"[:200]
+    call.event.waited_ms = waited_ms or None
 
 
 def duration(seconds: float) -> str:

@@ -69,6 +69,12 @@ class UsageEvent:
     upstream_latency_ms: float | None = None
     ttft_ms: float | None = None
     overhead_ms: float | None = None
+    # A non-plain limit decision, for the audit trail: rejected, budget_exceeded, waited,
+    # fail_open or fail_closed, with the limit that made it.
+    decision: str = ""
+    limit_id: int | None = None
+    limit: str = ""
+    waited_ms: float | None = None
     extra: dict[str, str] = field(default_factory=dict)
 
     def apply(self, model: ModelInfo | None, usage: Usage) -> Decimal:

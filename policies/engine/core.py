@@ -30,6 +30,7 @@ class Decision:
     crossings: list[Crossing] = field(default_factory=list)
     degraded: bool = False  # Redis was unreachable and the limits' failure modes decided
     now_ms: int = 0  # the Redis time of the decision (an undo must use the same)
+    waited_ms: float = 0.0  # how long a `wait` limit held the request
 
     @property
     def retry_seconds(self) -> float | None:

@@ -224,6 +224,20 @@ class Limiter:
         if decision.admitted or spec is None or spec.action != "wait" or decision.retry_ms < 0:
             return decision
         deadline = started + (spec.max_wait_seconds or 0)
+        decision = await self._wait(spec, request_id, limits, charges, org_id, now_ms, deadline)
+        decision.waited_ms = round((time.monotonic() - started) * 1000, 3)
+        return decision
+
+    async def _wait(
+        self,
+        spec: LimitSpec,
+        request_id: str,
+        limits: Sequence[LimitSpec],
+        charges: Sequence[int],
+        org_id: int,
+        now_ms: int,
+        deadline: float,
+    ) -> Decision:
         async with self._lock(spec):
             # Our turn: capacity may have come back while we queued, so look again.
             decision = await self._guarded(request_id, limits, charges, org_id, now_ms)
