@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from django.db import connection
+from django.db import connection, transaction
 
 from audit.chain import COLUMNS, GENESIS, HASHED_FIELDS, row_hash
 
@@ -29,12 +30,16 @@ def audit_verify(*, progress: Callable[[int, int], None] | None = None) -> Verif
     checked = 0
     previous_id = 0
     names = ", ".join(("id", *COLUMNS))
-    with connection.connection.cursor(name="audit_verify") as cursor:  # type: ignore[union-attr]
+    connection.ensure_connection()
+    # A named (server-side) cursor keeps memory flat; it needs a transaction.
+    with transaction.atomic(), connection.connection.cursor(name="audit_verify") as cursor:  # type: ignore[union-attr]
         cursor.itersize = BATCH
         cursor.execute(f"SELECT {names} FROM audit_auditevent ORDER BY id")  # noqa: S608
         for record in cursor:
             row = dict(zip(("id", *COLUMNS), record, strict=True))
             row["ip"] = str(row["ip"]) if row["ip"] is not None else None
+            if isinstance(row["changes"], str):  # Django's connection hands jsonb over as text
+                row["changes"] = json.loads(row["changes"])
             if row["prev_hash"] != prev:
                 return VerifyResult(
                     checked,

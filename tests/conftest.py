@@ -25,6 +25,9 @@ from policies.models import Feature, Membership, Organization, Tier
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
+# The proxy's fixtures (a fake provider, a gateway process) serve several test packages.
+pytest_plugins = ["tests.proxy_fixtures"]
+
 
 def _flush_past_the_audit_trigger() -> None:
     """Transactional tests end with TRUNCATE of every table, which the audit table's

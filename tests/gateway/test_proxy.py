@@ -14,7 +14,7 @@ import pytest
 
 from gateway.models import UsageRecord, UsageRollup
 from policies.models import ApiKey
-from tests.gateway.conftest import UPSTREAM_KEY, Setup, flush_usage
+from tests.proxy_fixtures import UPSTREAM_KEY, Setup, flush_usage
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -156,7 +156,7 @@ def test_models_lists_only_what_the_key_may_use(proxy: Setup) -> None:
 def test_a_key_restricted_to_models_and_features_gets_403_elsewhere(proxy: Setup) -> None:
     from policies.models import Feature
     from policies.services import apikey_create
-    from tests.gateway.conftest import wait_until_served
+    from tests.proxy_fixtures import wait_until_served
 
     _key, raw = apikey_create(
         org=proxy.org_a,
@@ -289,7 +289,7 @@ def test_a_dropped_connection_becomes_502(proxy: Setup) -> None:
 
 def test_an_unreachable_provider_becomes_502(proxy: Setup) -> None:
     from gateway.devstack.servers import free_port
-    from tests.gateway.conftest import wait_until_served
+    from tests.proxy_fixtures import wait_until_served
 
     proxy.provider.base_url = f"http://127.0.0.1:{free_port()}/v1"
     proxy.provider.save()

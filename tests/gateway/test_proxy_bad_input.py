@@ -10,7 +10,7 @@ from django.utils import timezone
 
 from gateway.models import LlmModel
 from policies.models import ApiKey
-from tests.gateway.conftest import MAX_BODY_BYTES, Setup, wait_until_served
+from tests.proxy_fixtures import MAX_BODY_BYTES, Setup, wait_until_served
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

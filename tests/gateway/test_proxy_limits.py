@@ -20,7 +20,7 @@ from policies.engine.specs import spec_from_limit
 from policies.models import Feature, Limit, Organization
 from policies.services import apikey_create
 from tests.gateway.clients import hammer
-from tests.gateway.conftest import GATEWAY_PREFIX, Setup, flush_usage, wait_until_served
+from tests.proxy_fixtures import GATEWAY_PREFIX, Setup, flush_usage, wait_until_served
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -230,7 +230,7 @@ def test_a_monitor_limit_admits_and_reports_crossings_once(proxy: Setup) -> None
 def test_an_admin_change_reaches_a_second_gateway_process_within_a_second(
     proxy: Setup, start_gateway
 ) -> None:  # type: ignore[no-untyped-def]
-    from tests.gateway.conftest import _database_url
+    from tests.proxy_fixtures import _database_url
 
     second = start_gateway(DATABASE_URL=_database_url(), TOLLGATE_REDIS_PREFIX=GATEWAY_PREFIX)
     rule = limit(scope="org", org=proxy.org_a, window="hour", amount=1000)
@@ -276,7 +276,7 @@ def test_eight_client_processes_through_two_gateways_get_exactly_the_limit(
     proxy: Setup, start_gateway, scope: str
 ) -> None:  # type: ignore[no-untyped-def]
     from policies.models import ApiKey
-    from tests.gateway.conftest import _database_url
+    from tests.proxy_fixtures import _database_url
 
     second = start_gateway(DATABASE_URL=_database_url(), TOLLGATE_REDIS_PREFIX=GATEWAY_PREFIX)
     chat_feature = Feature.objects.get(name="chat")
@@ -305,7 +305,7 @@ def test_failure_modes_with_redis_really_stopped(
     transactional_db, free_tier, fake_upstream, start_gateway, throwaway_redis
 ) -> None:  # type: ignore[no-untyped-def]
     from gateway.models import LlmModel, Provider
-    from tests.gateway.conftest import _database_url
+    from tests.proxy_fixtures import _database_url
 
     Feature.objects.create(name="chat")
     provider = Provider.objects.create(
@@ -385,7 +385,7 @@ def test_an_unpriced_model_is_charged_the_conservative_default(proxy: Setup) -> 
 
 def test_an_unpriced_model_is_rejected_when_the_policy_says_so(proxy: Setup, start_gateway) -> None:  # type: ignore[no-untyped-def]
     from gateway.models import LlmModel
-    from tests.gateway.conftest import _database_url
+    from tests.proxy_fixtures import _database_url
 
     LlmModel.objects.create(name="mystery", provider=proxy.provider, upstream_name="m")
     strict = start_gateway(
@@ -408,7 +408,7 @@ def test_exactness_holds_on_a_three_master_redis_cluster(
 ) -> None:  # type: ignore[no-untyped-def]
     from django.conf import settings as live
 
-    from tests.gateway.conftest import _database_url
+    from tests.proxy_fixtures import _database_url
 
     chat_feature = Feature.objects.get(name="chat")
     # Limits in three hash slots: the org's, the feature's (every org) and the global one.
