@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from django.db import connection
+from django.db import connection, transaction
 
 GENESIS = "0" * 64
 # pg_advisory_xact_lock key: appends are serialized so the chain has one order (id order).
@@ -52,7 +52,8 @@ def append(rows: Sequence[dict[str, Any]]) -> int:
     """
     if not rows:
         return 0
-    with connection.cursor() as cursor:
+    # atomic(): the lock must be held until the rows commit, also for a caller in autocommit.
+    with transaction.atomic(), connection.cursor() as cursor:
         cursor.execute("SELECT pg_advisory_xact_lock(%s)", [CHAIN_LOCK])
         keys = [r["source_key"] for r in rows if r.get("source_key")]
         seen: set[str] = set()

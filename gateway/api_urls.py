@@ -1,5 +1,7 @@
+from django.urls import path
 from rest_framework.routers import DefaultRouter
 
+from audit.api import AuditEventViewSet, AuditExportView
 from gateway.api import LlmModelViewSet, ProviderViewSet
 from policies.api import ApiKeyViewSet, FeatureViewSet, OrganizationViewSet
 from policies.api_limits import LimitViewSet
@@ -11,5 +13,10 @@ router.register("keys", ApiKeyViewSet, basename="apikey")
 router.register("limits", LimitViewSet, basename="limit")
 router.register("providers", ProviderViewSet, basename="provider")
 router.register("models", LlmModelViewSet, basename="model")
+router.register("audit", AuditEventViewSet, basename="audit")
 
-urlpatterns = router.urls
+# Before the router: its detail route (with a format suffix) would take "export.csv".
+urlpatterns = [
+    path("audit/export.csv", AuditExportView.as_view(), name="audit-export"),
+    *router.urls,
+]

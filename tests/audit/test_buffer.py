@@ -34,9 +34,15 @@ def wait_for(action: str, count: int = 1, timeout: float = 5.0) -> list[AuditEve
 
 
 def test_a_rejected_request_through_the_proxy_is_in_the_trail(proxy: Setup) -> None:
-    limit = Limit.objects.create(scope="org_feature", org=proxy.org_a,
-                                 feature=Feature.objects.get(name="chat"), metric="requests",
-                                 window="minute", amount=1, thresholds=[100])
+    limit = Limit.objects.create(
+        scope="org_feature",
+        org=proxy.org_a,
+        feature=Feature.objects.get(name="chat"),
+        metric="requests",
+        window="minute",
+        amount=1,
+        thresholds=[100],
+    )
     key_raw = fresh_key(proxy, proxy.org_a)
     assert chat(proxy, key_raw).status_code == 200
     denied = chat(proxy, key_raw)
@@ -54,20 +60,25 @@ def test_a_rejected_request_through_the_proxy_is_in_the_trail(proxy: Setup) -> N
 
 
 def test_a_budget_denial_is_recorded_as_budget_exceeded(proxy: Setup) -> None:
-    Limit.objects.create(scope="org", org=proxy.org_a, metric="cost", window="calendar_day",
-                         amount=1)
+    Limit.objects.create(
+        scope="org", org=proxy.org_a, metric="cost", window="calendar_day", amount=1
+    )
     key_raw = fresh_key(proxy, proxy.org_a)
-    response = httpx.post(f"{proxy.v1}/chat/completions",
-                          headers={"Authorization": f"Bearer {key_raw}"},
-                          json={"model": "gpt-test", "max_tokens": 100,
-                                "messages": [{"role": "user", "content": "hi"}]})
+    response = httpx.post(
+        f"{proxy.v1}/chat/completions",
+        headers={"Authorization": f"Bearer {key_raw}"},
+        json={
+            "model": "gpt-test",
+            "max_tokens": 100,
+            "messages": [{"role": "user", "content": "hi"}],
+        },
+    )
     assert response.status_code == 429
     assert len(wait_for("budget.exceeded")) == 1
 
 
 def test_buffered_rows_of_a_worker_that_died_are_written_once(proxy: Setup, monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    Limit.objects.create(scope="org", org=proxy.org_a, metric="requests", window="minute",
-                         amount=1)
+    Limit.objects.create(scope="org", org=proxy.org_a, metric="requests", window="minute", amount=1)
     key_raw = fresh_key(proxy, proxy.org_a)
     chat(proxy, key_raw)
     denied = chat(proxy, key_raw)
@@ -87,7 +98,8 @@ def test_buffered_rows_of_a_worker_that_died_are_written_once(proxy: Setup, monk
     monkeypatch.setattr(usage_service, "CLAIM_IDLE_MS", 0)
     usage_service.usage_flush(consumer="next-worker")
     usage_service.usage_flush(consumer="next-worker")
-    rows = AuditEvent.objects.filter(action="request.rejected",
-                                     request_id=denied.headers["x-request-id"])
+    rows = AuditEvent.objects.filter(
+        action="request.rejected", request_id=denied.headers["x-request-id"]
+    )
     assert rows.count() == 1
     assert audit_verify().ok

@@ -31,8 +31,11 @@ def rows(action: str | None = None) -> list[AuditEvent]:
 )
 def test_the_database_refuses_to_change_history(statement: str) -> None:
     audit_record(action="test.event", target_type="test", target_repr="t")
-    with pytest.raises(DatabaseError, match="append-only"), transaction.atomic(), \
-            connection.cursor() as cursor:
+    with (
+        pytest.raises(DatabaseError, match="append-only"),
+        transaction.atomic(),
+        connection.cursor() as cursor,
+    ):
         cursor.execute(statement)
     assert len(rows("test.event")) == 1
     assert audit_verify().ok
@@ -84,11 +87,22 @@ def test_every_admin_change_writes_exactly_one_row_with_before_and_after(staff, 
     client = Client()
     client.force_login(staff)
     start = AuditEvent.objects.count()
-    response = client.post(reverse("admin:policies_limit_add"), {
-        "name": "", "scope": "org", "org": org_a.pk, "metric": "requests", "window": "minute",
-        "amount": 60, "action": "reject", "failure_mode": "fail_open",
-        "thresholds": "[80, 100]", "default_output_tokens": 1024, "is_active": "on",
-    })
+    response = client.post(
+        reverse("admin:policies_limit_add"),
+        {
+            "name": "",
+            "scope": "org",
+            "org": org_a.pk,
+            "metric": "requests",
+            "window": "minute",
+            "amount": 60,
+            "action": "reject",
+            "failure_mode": "fail_open",
+            "thresholds": "[80, 100]",
+            "default_output_tokens": 1024,
+            "is_active": "on",
+        },
+    )
     assert response.status_code == 302, response.content.decode()[:3000]
     created = rows("limit.created")
     assert len(created) == 1 and AuditEvent.objects.count() == start + 1
@@ -98,11 +112,22 @@ def test_every_admin_change_writes_exactly_one_row_with_before_and_after(staff, 
     assert event.changes["after"]["amount"] == 60
 
     limit = Limit.objects.get()
-    response = client.post(reverse("admin:policies_limit_change", args=[limit.pk]), {
-        "name": "", "scope": "org", "org": org_a.pk, "metric": "requests", "window": "minute",
-        "amount": 120, "action": "reject", "failure_mode": "fail_open",
-        "thresholds": "[80, 100]", "default_output_tokens": 1024, "is_active": "on",
-    })
+    response = client.post(
+        reverse("admin:policies_limit_change", args=[limit.pk]),
+        {
+            "name": "",
+            "scope": "org",
+            "org": org_a.pk,
+            "metric": "requests",
+            "window": "minute",
+            "amount": 120,
+            "action": "reject",
+            "failure_mode": "fail_open",
+            "thresholds": "[80, 100]",
+            "default_output_tokens": 1024,
+            "is_active": "on",
+        },
+    )
     assert response.status_code == 302
     updated = rows("limit.updated")
     assert len(updated) == 1
@@ -118,8 +143,9 @@ def test_every_admin_change_writes_exactly_one_row_with_before_and_after(staff, 
 
 def test_every_api_change_writes_exactly_one_row(api_alice, org_a, chat) -> None:  # type: ignore[no-untyped-def]
     start = AuditEvent.objects.count()
-    response = api_alice.post("/api/keys/", {"name": "ci", "allowed_features": ["chat"]},
-                              format="json")
+    response = api_alice.post(
+        "/api/keys/", {"name": "ci", "allowed_features": ["chat"]}, format="json"
+    )
     assert response.status_code == 201
     created = rows("apikey.created")
     assert len(created) == 1
@@ -136,9 +162,16 @@ def test_every_api_change_writes_exactly_one_row(api_alice, org_a, chat) -> None
 
 
 def test_a_provider_secret_is_redacted_in_the_trail(api_staff) -> None:  # type: ignore[no-untyped-def]
-    response = api_staff.post("/api/providers/", {
-        "name": "p", "kind": "openai", "base_url": "https://api.example.test/v1",
-        "api_key": "sk-very-secret"}, format="json")
+    response = api_staff.post(
+        "/api/providers/",
+        {
+            "name": "p",
+            "kind": "openai",
+            "base_url": "https://api.example.test/v1",
+            "api_key": "sk-very-secret",
+        },
+        format="json",
+    )
     assert response.status_code == 201
     event = rows("provider.created")[0]
     assert "sk-very-secret" not in str(event.changes)
