@@ -31,6 +31,9 @@ AUDITED: dict[str, str] = {
     "gateway.provider": "provider",
     "gateway.llmmodel": "model",
     "auth.user": "user",
+    "alerts.alertchannel": "alert_channel",
+    "alerts.alertrule": "alert_rule",
+    "alerts.smtpsettings": "smtp",
 }
 
 
@@ -57,6 +60,8 @@ def full_snapshot(instance: models.Model) -> dict[str, Any]:
 
 
 def _name(instance: models.Model) -> str | None:
+    if type(instance).__module__ == "__fake__":
+        return None  # a migration's historical model: data migrations are not user actions
     return AUDITED.get(instance._meta.label_lower)
 
 

@@ -64,6 +64,10 @@ class ProviderAdmin(OrgScopedAdmin):
         ]
         if not request_scope(request).is_global:
             fields.remove("org")
+        if not self.has_change_permission(request, obj):
+            # A read-only page shows fields as text: the key field would show the secret.
+            fields.remove("api_key")
+            fields.remove("clear_api_key")
         return fields
 
 

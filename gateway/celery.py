@@ -21,6 +21,30 @@ app.conf.beat_schedule = {
         # A run that could not start within 5 s is skipped: the next one does its work.
         "options": {"expires": 5},
     },
+    # Engine events into alerts: read about once a second, so an alert leaves in ~1-2 s.
+    "alerts-consume-events": {
+        "task": "alerts.tasks.consume_events",
+        "schedule": 1.0,
+        "options": {"expires": 5},
+    },
+    # Deliveries never picked up, due for a retry, or left by a worker that died.
+    "alerts-sweep-deliveries": {
+        "task": "alerts.tasks.sweep_deliveries",
+        "schedule": 15.0,
+        "options": {"expires": 30},
+    },
+    # Limit-threshold alerts whose limit went back under the threshold get "resolved".
+    "alerts-resolve-cleared": {
+        "task": "alerts.tasks.resolve_cleared",
+        "schedule": 60.0,
+        "options": {"expires": 60},
+    },
+    # Windowed rules (spend, spikes, error rate, p95 latency, dependencies) every minute.
+    "alerts-evaluate-windowed": {
+        "task": "alerts.tasks.evaluate_windowed",
+        "schedule": 60.0,
+        "options": {"expires": 60},
+    },
     # Engine events (threshold crossings) into the audit trail.
     "audit-flush-events": {
         "task": "audit.tasks.flush_events",

@@ -228,6 +228,9 @@ if TOLLGATE_UNKNOWN_PRICE not in {"reject", "charge_default"}:
 TOLLGATE_DEFAULT_INPUT_PRICE = Decimal(str(env.float("TOLLGATE_DEFAULT_INPUT_PRICE", 15.0)))
 TOLLGATE_DEFAULT_OUTPUT_PRICE = Decimal(str(env.float("TOLLGATE_DEFAULT_OUTPUT_PRICE", 75.0)))
 
+# An alert delivery left "sending" this long belonged to a worker that died; it is retried.
+TOLLGATE_ALERT_STUCK_SECONDS = env.int("TOLLGATE_ALERT_STUCK_SECONDS", 60, minimum=1)
+
 # Client requests larger than this get 413.
 TOLLGATE_MAX_BODY_BYTES = env.int("TOLLGATE_MAX_BODY_BYTES", 10 * 1024 * 1024, minimum=1024)
 

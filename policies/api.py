@@ -41,7 +41,16 @@ class OrganizationSerializer(_ScopedSerializer):
 
     class Meta:
         model = Organization
-        fields = ["id", "name", "slug", "tier", "is_active", "created_at", "updated_at"]
+        fields = [
+            "id",
+            "name",
+            "slug",
+            "tier",
+            "is_active",
+            "alert_email_to",
+            "created_at",
+            "updated_at",
+        ]
         read_only_fields = ["created_at", "updated_at"]
 
     def get_fields(self) -> dict[str, serializers.Field]:  # type: ignore[type-arg]
@@ -104,7 +113,7 @@ class OrganizationViewSet(AuditedViewSetMixin, viewsets.ModelViewSet):  # type: 
 class FeatureSerializer(serializers.ModelSerializer):  # type: ignore[type-arg]
     class Meta:
         model = Feature
-        fields = ["id", "name", "description", "created_at"]
+        fields = ["id", "name", "description", "alert_email_to", "created_at"]
         read_only_fields = ["created_at"]
 
 

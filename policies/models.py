@@ -15,6 +15,17 @@ slug_validator = RegexValidator(
 )
 
 
+def validate_email_list(value: str) -> None:
+    from django.core.validators import validate_email
+
+    for address in (a.strip() for a in value.replace(";", ",").split(",")):
+        if address:
+            try:
+                validate_email(address)
+            except ValidationError:
+                raise ValidationError(f"{address!r} is not a valid email address.") from None
+
+
 class Tier(models.Model):
     """A service tier (free, premium, ...); later issues hang default limits and priority on it."""
 
@@ -41,6 +52,11 @@ class Organization(models.Model):
     slug = models.SlugField(max_length=64, unique=True, validators=[slug_validator])
     tier = models.ForeignKey(Tier, on_delete=models.PROTECT, related_name="organizations")
     is_active = models.BooleanField(default=True)
+    alert_email_to = models.TextField(
+        blank=True,
+        validators=[validate_email_list],
+        help_text="Comma-separated addresses that get this org's alert email.",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -63,6 +79,11 @@ class Feature(models.Model):
 
     name = models.SlugField(max_length=64, unique=True, validators=[slug_validator])
     description = models.TextField(blank=True)
+    alert_email_to = models.TextField(
+        blank=True,
+        validators=[validate_email_list],
+        help_text="Comma-separated addresses that get this feature's alert email.",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:

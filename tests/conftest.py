@@ -293,7 +293,7 @@ def start_worker(tmp_path: Path) -> Iterator:  # type: ignore[type-arg]
     """Start a real Celery worker process (``celery -A gateway worker``)."""
     started: list[ServiceProcess] = []
 
-    def start(**env: str) -> ServiceProcess:
+    def start(*extra: str, **env: str) -> ServiceProcess:
         name = f"test-{uuid.uuid4().hex[:8]}@%h"
         proc = ServiceProcess(
             [
@@ -311,6 +311,7 @@ def start_worker(tmp_path: Path) -> Iterator:  # type: ignore[type-arg]
                 "solo",
                 "--hostname",
                 name,
+                *extra,
             ],
             service_env(**env),
             tmp_path / f"worker-{len(started)}.log",

@@ -152,7 +152,7 @@ def test_every_api_change_writes_exactly_one_row(api_alice, org_a, chat) -> None
     event = created[0]
     assert event.actor == "alice" and event.org_slug == "acme"
     assert event.changes["after"]["allowed_features"] == [chat.pk]
-    assert event.changes["after"]["key_hash"] == "[redacted]"
+    assert event.changes["after"]["key_hash"].startswith("[redacted]")
     assert response.json()["key"] not in str(event.changes)
 
     key_id = response.json()["id"]
@@ -175,7 +175,7 @@ def test_a_provider_secret_is_redacted_in_the_trail(api_staff) -> None:  # type:
     assert response.status_code == 201
     event = rows("provider.created")[0]
     assert "sk-very-secret" not in str(event.changes)
-    assert event.changes["after"]["api_key_ciphertext"] == "[redacted]"
+    assert event.changes["after"]["api_key_ciphertext"].startswith("[redacted]")
 
 
 def test_a_management_command_is_recorded_as_the_system(tmp_path) -> None:  # type: ignore[no-untyped-def]
