@@ -9,7 +9,7 @@ from decimal import Decimal
 from typing import Any
 
 from django.db import connection
-from django.db.models import Q, Sum
+from django.db.models import Min, Q, Sum
 from django.utils import timezone
 
 from alerts.models import AlertRule
@@ -65,9 +65,17 @@ def check(rule: AlertRule) -> tuple[bool, dict[str, Any]] | None:
         hour = UsageRollup.objects.filter(_filter(rule), minute__gte=now - timedelta(hours=1))
         last_hour = hour.aggregate(total=Sum("cost_usd"))["total"] or Decimal(0)
         week = UsageRollup.objects.filter(
-            _filter(rule), minute__gte=now - timedelta(days=7), minute__lt=now - timedelta(hours=1)
+            _filter(rule),
+            minute__gte=now - timedelta(days=7),
+            minute__lt=now - timedelta(hours=1),
+        ).aggregate(total=Sum("cost_usd"), first=Min("minute"))
+        # The mean over the hours the week actually has data for (a new org has less).
+        hours = 0.0
+        if week["first"] is not None:
+            hours = max((now - timedelta(hours=1) - week["first"]).total_seconds() / 3600, 1.0)
+        mean = (
+            (week["total"] or Decimal(0)) / Decimal(str(round(hours, 6))) if hours else Decimal(0)
         )
-        mean = (week.aggregate(total=Sum("cost_usd"))["total"] or Decimal(0)) / Decimal(167)
         factor = Decimal(str(params.get("factor", 3)))
         amount = params.get("amount_usd")
         spiking = (mean > 0 and last_hour > factor * mean) or (
