@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any, cast
 
@@ -28,7 +29,7 @@ def _title(kind: str, figures: dict[str, Any], org: str, feature: str) -> str:
     return alert_title(kind, figures, org, feature)
 
 
-def _rules(kinds: list[str], org_id: int | None, feature: str | None) -> list[AlertRule]:
+def _rules(kinds: Sequence[str], org_id: int | None, feature: str | None) -> list[AlertRule]:
     qs = AlertRule.objects.filter(is_active=True, kind__in=kinds)
     qs = (
         qs.filter(Q(org__isnull=True) | Q(org_id=org_id)) if org_id else qs.filter(org__isnull=True)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import importlib.util
 import os
 import pwd
@@ -437,7 +438,7 @@ class EmbeddedRedisCluster:
             self.nodes.append(node)
             self.ports.append(port)
         for node, port in zip(self.nodes, self.ports, strict=True):
-            _wait_until(lambda port=port: port_is_open(port), node, "Redis cluster node")
+            _wait_until(functools.partial(port_is_open, port), node, "Redis cluster node")
         result = subprocess.run(
             [
                 str(redis_cli_binary()),
