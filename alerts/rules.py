@@ -4,23 +4,27 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import Any, cast
+from typing import Any
 
-import redis
 from django.db.models import Q
 
 from alerts.models import AlertRule, AlertState
 from alerts.services import alert_fire, alert_resolve
-from gateway.redis import get_redis, key
+from gateway.redis import key
+from gateway.streams import consume
 from policies import events
+from policies.models import Organization
 
 log = logging.getLogger(__name__)
 
 GROUP = "alert-rules"
 CLAIM_IDLE_MS = 60_000
 DEFAULT_THRESHOLDS = [80, 100]
+# Events older than this when read (say, after the workers were down) do not alert.
+STALE_EVENT_SECONDS = 600
 
 
 def _title(kind: str, figures: dict[str, Any], org: str, feature: str) -> str:
@@ -45,6 +49,10 @@ def handle_event(data: dict[str, Any]) -> int:
     """Fire the rules an engine event matches; returns how many alerts went out."""
     kind = data.get("kind")
     observed = datetime.fromtimestamp(float(data.get("at", 0)), tz=UTC)
+    if time.time() - observed.timestamp() > STALE_EVENT_SECONDS:
+        return 0  # a backlog after an outage: old crossings are history, not alerts
+    if data.get("org_id") and not Organization.objects.filter(pk=data["org_id"]).exists():
+        data = {**data, "org_id": None}  # the org is gone; the alert still goes out
     fired = 0
     if kind == "limit.threshold_crossed":
         budget = data.get("metric") == "cost"
@@ -98,48 +106,32 @@ def handle_event(data: dict[str, Any]) -> int:
     return fired
 
 
-def _ensure_group(client: redis.Redis, stream: str) -> None:
-    try:
-        client.xgroup_create(stream, GROUP, id="0", mkstream=True)
-    except redis.ResponseError as exc:
-        if "BUSYGROUP" not in str(exc):
-            raise
-
-
 def consume_events(*, consumer: str, batch_size: int = 200, max_batches: int = 20) -> int:
     """Read the engine's event stream (its own consumer group) and fire matching rules."""
-    client = get_redis()
-    stream = key(*events.STREAM)
-    _ensure_group(client, stream)
-    fired = 0
-    for _ in range(max_batches):
-        _next, entries, *_rest = cast(
-            list[Any],
-            client.xautoclaim(
-                stream,
-                GROUP,
-                consumer,
-                min_idle_time=CLAIM_IDLE_MS,
-                start_id="0-0",
-                count=batch_size,
-            ),
-        )
-        if not entries:
-            response = cast(
-                list[Any], client.xreadgroup(GROUP, consumer, {stream: ">"}, count=batch_size)
-            )
-            entries = response[0][1] if response else []
-        if not entries:
-            break
+
+    def handle(entries: list[tuple[bytes, dict[bytes, bytes]]]) -> int:
+        fired = 0
         for entry_id, fields in entries:
             try:
                 fired += handle_event(json.loads(fields[b"d"]))
             except (KeyError, ValueError, TypeError):
                 log.error("alerts: discarding malformed engine event %s", entry_id)
-            # Acknowledged one by one: a crash re-reads only unfinished events, and the
-            # cooldown keeps a re-read from alerting twice.
-            client.xack(stream, GROUP, entry_id)
-    return fired
+            except Exception:
+                # One bad event must not hold up every alert behind it.
+                log.exception("alerts: event %s could not be handled; skipped", entry_id)
+        # A crash before the acknowledgement re-reads the batch; the cooldowns keep a
+        # re-read from alerting twice.
+        return fired
+
+    return consume(
+        stream=key(*events.STREAM),
+        group=GROUP,
+        consumer=consumer,
+        handle=handle,
+        batch_size=batch_size,
+        max_batches=max_batches,
+        claim_idle_ms=CLAIM_IDLE_MS,
+    )
 
 
 def resolve_cleared() -> int:

@@ -11,12 +11,11 @@ from __future__ import annotations
 import json
 import logging
 from datetime import UTC, datetime
-from typing import Any, cast
-
-import redis
+from typing import Any
 
 from audit.chain import append
-from gateway.redis import get_redis, key
+from gateway.redis import key
+from gateway.streams import consume
 from policies import events
 
 log = logging.getLogger(__name__)
@@ -68,14 +67,6 @@ def rows_from_usage(rows: list[dict[str, Any]], org_slugs: dict[int, str]) -> li
     return out
 
 
-def _ensure_group(client: redis.Redis, stream: str) -> None:
-    try:
-        client.xgroup_create(stream, GROUP, id="0", mkstream=True)
-    except redis.ResponseError as exc:
-        if "BUSYGROUP" not in str(exc):
-            raise
-
-
 def _event_row(entry_id: bytes, data: dict[str, Any]) -> dict[str, Any] | None:
     kind = data.get("kind")
     if kind != "limit.threshold_crossed":
@@ -102,29 +93,7 @@ def audit_flush_events(*, consumer: str, batch_size: int = 500, max_batches: int
     """Move threshold crossings from the engine's event stream into the trail."""
     from django.db import transaction
 
-    client = get_redis()
-    stream = key(*events.STREAM)
-    _ensure_group(client, stream)
-    written = 0
-    for _ in range(max_batches):
-        _next, entries, *_rest = cast(
-            list[Any],
-            client.xautoclaim(
-                stream,
-                GROUP,
-                consumer,
-                min_idle_time=CLAIM_IDLE_MS,
-                start_id="0-0",
-                count=batch_size,
-            ),
-        )
-        if not entries:
-            response = cast(
-                list[Any], client.xreadgroup(GROUP, consumer, {stream: ">"}, count=batch_size)
-            )
-            entries = response[0][1] if response else []
-        if not entries:
-            break
+    def handle(entries: list[tuple[bytes, dict[bytes, bytes]]]) -> int:
         rows = []
         for entry_id, fields in entries:
             try:
@@ -135,6 +104,14 @@ def audit_flush_events(*, consumer: str, batch_size: int = 500, max_batches: int
             if row is not None:
                 rows.append(row)
         with transaction.atomic():
-            written += append(rows)
-        client.xack(stream, GROUP, *[entry_id for entry_id, _f in entries])
-    return written
+            return append(rows)
+
+    return consume(
+        stream=key(*events.STREAM),
+        group=GROUP,
+        consumer=consumer,
+        handle=handle,
+        batch_size=batch_size,
+        max_batches=max_batches,
+        claim_idle_ms=CLAIM_IDLE_MS,
+    )

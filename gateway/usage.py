@@ -12,13 +12,14 @@ import logging
 from collections import defaultdict
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Any, cast
+from typing import Any
 
 import redis
 from django.db import connection, transaction
 
 from gateway.proxy.usage import STREAM
-from gateway.redis import get_redis, key
+from gateway.redis import key
+from gateway.streams import consume, ensure_group
 from policies.models import ApiKey, Organization
 
 log = logging.getLogger(__name__)
@@ -52,11 +53,7 @@ COLUMNS = (
 
 
 def _ensure_group(client: redis.Redis, stream: str) -> None:
-    try:
-        client.xgroup_create(stream, GROUP, id="0", mkstream=True)
-    except redis.ResponseError as exc:
-        if "BUSYGROUP" not in str(exc):
-            raise
+    ensure_group(client, stream, GROUP)
 
 
 def _decode(entries: list[tuple[bytes, dict[bytes, bytes]]]) -> list[dict[str, Any]]:
@@ -176,27 +173,13 @@ def _audit(rows: list[dict[str, Any]]) -> None:
 
 def usage_flush(*, consumer: str, batch_size: int = 1000, max_batches: int = 20) -> int:
     """Move up to ``batch_size * max_batches`` entries to Postgres; returns rows inserted."""
-    client = get_redis()
-    stream = key(*STREAM)
-    _ensure_group(client, stream)
-    total = 0
-    for _ in range(max_batches):
-        _next, entries, *_deleted = client.xautoclaim(
-            stream, GROUP, consumer, min_idle_time=CLAIM_IDLE_MS, start_id="0-0", count=batch_size
-        )
-        if not entries:
-            # RESP2 reply: [[stream name, [(entry id, fields), ...]], ...].
-            response = cast(
-                "list[list[Any]]",
-                client.xreadgroup(GROUP, consumer, {stream: ">"}, count=batch_size),
-            )
-            entries = response[0][1] if response else []
-        if not entries:
-            break
-        total += usage_ingest(entries)
-        ids = [entry_id for entry_id, _fields in entries]
-        pipe = client.pipeline(transaction=False)
-        pipe.xack(stream, GROUP, *ids)
-        pipe.xdel(stream, *ids)
-        pipe.execute()
-    return total
+    return consume(
+        stream=key(*STREAM),
+        group=GROUP,
+        consumer=consumer,
+        handle=usage_ingest,
+        batch_size=batch_size,
+        max_batches=max_batches,
+        claim_idle_ms=CLAIM_IDLE_MS,
+        delete=True,  # the usage stream has this one reader group
+    )

@@ -65,6 +65,15 @@ def test_a_limit_crossed_through_the_proxy_arrives_as_email(
         thresholds=[100],
     )
     key = fresh_key(proxy, proxy.org_a)
+    # The session's gateway has served other tests: alert on what happens from now on.
+    from alerts.rules import GROUP
+    from gateway.redis import get_redis
+    from gateway.streams import ensure_group
+
+    client = get_redis()
+    stream = f"{GATEWAY_PREFIX}:events"
+    ensure_group(client, stream, GROUP)
+    client.xgroup_setid(stream, GROUP, "$")
     start_worker(
         "--beat",
         "--schedule",
