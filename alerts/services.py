@@ -24,6 +24,7 @@ from django.utils import timezone
 from alerts.models import Alert, AlertChannel, AlertRule, AlertState, Delivery
 from audit.context import Actor
 from audit.services import audit_record
+from gateway.metrics import ALERT_DELIVERIES
 from gateway.redis import get_redis, key
 
 log = logging.getLogger(__name__)
@@ -194,6 +195,7 @@ def delivery_attempt(delivery_id: int) -> tuple[str, float]:
         )
         return "retry", wait
     duration = (time.perf_counter() - started) * 1000
+    ALERT_DELIVERIES.labels(channel.kind, "sent").inc()
     with transaction.atomic():
         Delivery.objects.filter(pk=delivery.pk).update(
             state=Delivery.State.SENT,
@@ -221,6 +223,7 @@ def delivery_attempt(delivery_id: int) -> tuple[str, float]:
 
 def _finish_failed(delivery: Delivery, error: str, duration: float, *, permanent: bool) -> None:
     channel = delivery.channel
+    ALERT_DELIVERIES.labels(channel.kind, "failed").inc()
     with transaction.atomic():
         Delivery.objects.filter(pk=delivery.pk).update(
             state=Delivery.State.FAILED, last_error=error, duration_ms=duration

@@ -179,6 +179,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         port = free_port()
         _say(f"port {DEFAULT_PORT} is in use; serving on {port} instead")
     env.setdefault("TOLLGATE_PUBLIC_URL", f"http://127.0.0.1:{port}")
+    # Metrics of every gateway and worker process, summed by /metrics; emptied each start.
+    metrics_dir = home / "prometheus"
+    remove_tree(metrics_dir)
+    metrics_dir.mkdir(parents=True)
+    env.setdefault("PROMETHEUS_MULTIPROC_DIR", str(metrics_dir))
     public_url = env["TOLLGATE_PUBLIC_URL"].rstrip("/")
 
     stack = Stack(home, durable=True)

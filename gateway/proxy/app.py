@@ -22,6 +22,7 @@ from typing import Any
 import aiohttp
 from django.conf import settings
 
+from gateway.metrics import IN_FLIGHT, observe_request
 from gateway.proxy import upstream
 from gateway.proxy.catalog import Catalog, CatalogCache, KeyInfo, ModelInfo
 from gateway.proxy.http import (
@@ -102,6 +103,7 @@ class ProxyApp:
         given = headers.get(b"x-request-id")
         request_id = given.decode() if given and REQUEST_ID.match(given) else uuid.uuid4().hex
         call = Call(scope, receive, send, headers, request_id, time.perf_counter())
+        IN_FLIGHT.inc()
         path: str = scope["path"]
         call.anthropic = path == "/v1/messages"
         try:
@@ -140,6 +142,8 @@ class ProxyApp:
                 tokens=call.event.input_tokens + call.event.output_tokens,
                 cost_usd=Decimal(call.event.cost_usd),
             )
+            IN_FLIGHT.dec()
+            observe_request(call.event)
             await self.recorder.record(call.event)
 
     async def _send_error(self, call: Call, exc: ProxyError) -> None:
