@@ -13,6 +13,7 @@ from django.db.models import Min, Q, Sum
 from django.utils import timezone
 
 from alerts.models import AlertRule
+from alerts.notifiers.message import alert_title
 from alerts.services import alert_fire, alert_resolve
 from gateway.models import UsageRecord, UsageRollup
 
@@ -25,12 +26,6 @@ WINDOWED = [
     AlertRule.Kind.LATENCY_P95,
     AlertRule.Kind.DEPENDENCY_DOWN,
 ]
-
-
-def _title(kind: str, figures: dict[str, Any], org: str, feature: str) -> str:
-    from alerts.notifiers.message import alert_title
-
-    return alert_title(kind, figures, org, feature)
 
 
 def _filter(rule: AlertRule) -> Q:
@@ -157,7 +152,7 @@ def evaluate_windowed() -> int:
         firing, figures = result
         org = rule.org.slug if rule.org_id else ""  # type: ignore[union-attr]
         feature = rule.feature.name if rule.feature_id else ""  # type: ignore[union-attr]
-        title = _title(rule.kind, figures, org, feature)
+        title = alert_title(rule.kind, figures, org, feature)
         if firing:
             alert = alert_fire(
                 rule=rule,

@@ -12,6 +12,7 @@ from typing import Any
 from django.db.models import Q
 
 from alerts.models import AlertRule, AlertState
+from alerts.notifiers.message import alert_title
 from alerts.services import alert_fire, alert_resolve
 from gateway.redis import key
 from gateway.streams import consume
@@ -25,12 +26,6 @@ CLAIM_IDLE_MS = 60_000
 DEFAULT_THRESHOLDS = [80, 100]
 # Events older than this when read (say, after the workers were down) do not alert.
 STALE_EVENT_SECONDS = 600
-
-
-def _title(kind: str, figures: dict[str, Any], org: str, feature: str) -> str:
-    from alerts.notifiers.message import alert_title
-
-    return alert_title(kind, figures, org, feature)
 
 
 def _rules(kinds: Sequence[str], org_id: int | None, feature: str | None) -> list[AlertRule]:
@@ -78,7 +73,7 @@ def handle_event(data: dict[str, Any]) -> int:
                 )
             }
             scope = f"limit:{data.get('limit_id')}:org:{org_id or '-'}:t{threshold}"
-            title = _title("limit_threshold", figures, data.get("org") or "", feature)
+            title = alert_title("limit_threshold", figures, data.get("org") or "", feature)
             if alert_fire(
                 rule=rule,
                 scope=scope,
@@ -93,7 +88,7 @@ def handle_event(data: dict[str, Any]) -> int:
         org_id = data.get("org_id")
         for rule in _rules([AlertRule.Kind.REDIS_DEGRADED], org_id, None):
             figures = {"mode": kind.removeprefix("limit."), "limits": data.get("limit_ids")}
-            title = _title("redis_degraded", figures, data.get("org") or "", "")
+            title = alert_title("redis_degraded", figures, data.get("org") or "", "")
             if alert_fire(
                 rule=rule,
                 scope="redis",
@@ -158,7 +153,9 @@ def resolve_cleared() -> int:
         level = int(threshold.removeprefix("t")) * limit.amount / 100
         if used < level:
             figures = {**state.last_value, "used": used}
-            title = _title("limit_threshold", figures, str(state.last_value.get("org", "")), "")
+            title = alert_title(
+                "limit_threshold", figures, str(state.last_value.get("org", "")), ""
+            )
             if alert_resolve(
                 rule=state.rule,
                 scope=state.scope,

@@ -152,11 +152,7 @@ def _post_save(
 def _post_delete(sender: type[models.Model], instance: models.Model, **kwargs: Any) -> None:
     if _name(instance) is None:
         return
-    _note(instance, "deleted", full_snapshot_safe(instance))
-
-
-def full_snapshot_safe(instance: models.Model) -> dict[str, Any]:
-    return snapshot(instance)
+    _note(instance, "deleted", snapshot(instance))
 
 
 def _m2m_changed(sender: Any, instance: models.Model, action: str, **kwargs: Any) -> None:

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
 import sys
-from collections.abc import Iterator
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
@@ -22,7 +20,6 @@ class Actor:
 
 
 _request: ContextVar[HttpRequest | None] = ContextVar("audit_request", default=None)
-_actor: ContextVar[Actor | None] = ContextVar("audit_actor", default=None)
 
 
 def system_actor() -> Actor:
@@ -31,9 +28,6 @@ def system_actor() -> Actor:
 
 
 def current_actor() -> Actor:
-    explicit = _actor.get()
-    if explicit is not None:
-        return explicit
     request = _request.get()
     if request is None:
         return system_actor()
@@ -46,15 +40,6 @@ def current_actor() -> Actor:
             type="user", id=str(user.pk), name=user.get_username(), ip=ip, request_id=request_id
         )
     return Actor(type="user", name="anonymous", ip=ip, request_id=request_id)
-
-
-@contextlib.contextmanager
-def acting_as(actor: Actor) -> Iterator[None]:
-    token = _actor.set(actor)
-    try:
-        yield
-    finally:
-        _actor.reset(token)
 
 
 class AuditContextMiddleware:

@@ -54,6 +54,10 @@ OVERHEAD = Histogram(
 LIMIT_DECISIONS = Counter(
     "tollgate_limit_decisions", "Non-plain limit decisions.", ["decision", "feature"]
 )
+LIMITER_DEGRADED = Counter(
+    "tollgate_limiter_degraded_decisions",
+    "Decisions taken by failure modes because Redis was unreachable.",
+)
 IN_FLIGHT = Gauge(
     "tollgate_in_flight_requests", "Requests being served.", multiprocess_mode="livesum"
 )

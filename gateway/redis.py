@@ -50,6 +50,24 @@ def async_client(*, max_connections: int = 512) -> aioredis.Redis:
     return aioredis.Redis.from_url(settings.REDIS_URL, **options)
 
 
+_shared_async: aioredis.Redis | None = None
+
+
+def shared_async_client() -> aioredis.Redis:
+    """The proxy process's one asyncio client (one pool for limits, usage and config)."""
+    global _shared_async
+    if _shared_async is None:
+        _shared_async = async_client(max_connections=1024)
+    return _shared_async
+
+
+async def close_shared_async_client() -> None:
+    global _shared_async
+    if _shared_async is not None:
+        await _shared_async.aclose()
+        _shared_async = None
+
+
 def key(*parts: str) -> str:
     """A namespaced Redis key: ``<prefix>:<part>:<part>...``."""
     return ":".join((settings.TOLLGATE_REDIS_PREFIX, *parts))

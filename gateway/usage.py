@@ -14,12 +14,11 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
-import redis
 from django.db import connection, transaction
 
 from gateway.proxy.usage import STREAM
 from gateway.redis import key
-from gateway.streams import consume, ensure_group
+from gateway.streams import consume
 from policies.models import ApiKey, Organization
 
 log = logging.getLogger(__name__)
@@ -50,10 +49,6 @@ COLUMNS = (
     "ttft_ms",
     "overhead_ms",
 )
-
-
-def _ensure_group(client: redis.Redis, stream: str) -> None:
-    ensure_group(client, stream, GROUP)
 
 
 def _decode(entries: list[tuple[bytes, dict[bytes, bytes]]]) -> list[dict[str, Any]]:

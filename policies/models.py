@@ -42,11 +42,6 @@ class Tier(models.Model):
         return self.name
 
 
-def default_tier_id() -> int | None:
-    tier = Tier.objects.filter(slug="free").only("id").first()
-    return tier.pk if tier else None
-
-
 class Organization(models.Model):
     name = models.CharField(max_length=200)
     slug = models.SlugField(max_length=64, unique=True, validators=[slug_validator])

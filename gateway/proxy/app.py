@@ -38,8 +38,8 @@ from gateway.proxy.http import (
 )
 from gateway.proxy.limits import LimitGate
 from gateway.proxy.usage import Usage, UsageEvent, UsageRecorder
+from gateway.redis import close_shared_async_client
 from policies import keys
-from policies.engine.core import Decision
 from policies.engine.specs import LimitSpec
 
 log = logging.getLogger(__name__)
@@ -71,7 +71,6 @@ class Call:
     lease_id: str = field(default_factory=lambda: uuid.uuid4().hex)
     # Limits charged for this request (settled after it), and their headers.
     limits: tuple[LimitSpec, ...] = ()
-    decision: Decision | None = None
     rate_headers: Headers = field(default_factory=list)
     # A complete non-streamed answer waiting to be sent: status, body, cost.
     plain: tuple[int, bytes, Decimal] | None = None
@@ -678,10 +677,9 @@ class ProxyApp:
         )
 
     async def close(self) -> None:
-        await self.gate.close()
         await self.catalog.close()
-        await self.recorder.close()
         await upstream.close_session()
+        await close_shared_async_client()
 
 
 async def _wait_for_disconnect(receive: Receive) -> None:

@@ -16,11 +16,10 @@ from decimal import Decimal
 from typing import Any, cast
 
 import redis
-import redis.asyncio as aioredis
 from django.conf import settings
 from django.db import close_old_connections, transaction
 
-from gateway.redis import async_client, get_redis, key
+from gateway.redis import get_redis, key, shared_async_client
 from policies.engine.specs import LimitIndex, load_limit_index
 
 log = logging.getLogger(__name__)
@@ -194,7 +193,6 @@ class CatalogCache:
         self.version: bytes | None = None
         self._lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
-        self._redis: aioredis.Redis | None = None
 
     async def get(self) -> Catalog:
         if self.catalog is None:
@@ -206,11 +204,9 @@ class CatalogCache:
         return self.catalog
 
     async def _read_version(self) -> bytes | None:
-        if self._redis is None:
-            self._redis = async_client(max_connections=16)
         try:
             # The client does not decode responses, so GET gives bytes (or None).
-            return cast("bytes | None", await self._redis.get(key(*VERSION_KEY)))
+            return cast("bytes | None", await shared_async_client().get(key(*VERSION_KEY)))
         except (redis.RedisError, OSError):
             return self.version
 
@@ -234,5 +230,3 @@ class CatalogCache:
     async def close(self) -> None:
         if self._task is not None:
             self._task.cancel()
-        if self._redis is not None:
-            await self._redis.aclose()

@@ -74,7 +74,6 @@ class LimitGate:
             ) from None
         if decision.admitted and not decision.degraded:
             call.limits = limits  # from here on, settle gives the reservations back
-            call.decision = decision
         self._publish_crossings(decision.crossings, key, feature)
         if not decision.degraded and events.has_pending():
             self._publish([])  # Redis is back: send what waited in memory
@@ -138,9 +137,6 @@ class LimitGate:
         task = asyncio.get_running_loop().create_task(self.limiter.publish(items))
         self._background.add(task)
         task.add_done_callback(self._background.discard)
-
-    async def close(self) -> None:
-        await self.limiter.close()
 
 
 def _note(call: Any, decision: str, spec: LimitSpec, waited_ms: float = 0.0) -> None:

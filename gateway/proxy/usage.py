@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import time
 from collections import deque
 from dataclasses import asdict, dataclass, field
 from decimal import Decimal
@@ -19,7 +18,7 @@ import redis
 import redis.asyncio as aioredis
 
 from gateway.proxy.catalog import ModelInfo
-from gateway.redis import async_client, key
+from gateway.redis import key, shared_async_client
 
 log = logging.getLogger(__name__)
 
@@ -96,14 +95,11 @@ class UsageRecorder:
     """Appends usage events to the Redis stream; keeps them in memory while Redis is down."""
 
     def __init__(self) -> None:
-        self._redis: aioredis.Redis | None = None
         self._pending: deque[bytes] = deque(maxlen=RETRY_BUFFER_LIMIT)
         self._retry_task: asyncio.Task[None] | None = None
 
     def _client(self) -> aioredis.Redis:
-        if self._redis is None:
-            self._redis = async_client(max_connections=512)
-        return self._redis
+        return shared_async_client()
 
     async def record(self, event: UsageEvent) -> None:
         payload = event.encode()
@@ -132,11 +128,3 @@ class UsageRecorder:
                 delay = 0.5
             except (redis.RedisError, OSError):
                 delay = min(delay * 2, 10.0)
-
-    async def close(self) -> None:
-        if self._redis is not None:
-            await self._redis.aclose()
-
-
-def now() -> float:
-    return time.time()

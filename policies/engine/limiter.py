@@ -15,7 +15,8 @@ import redis
 import redis.asyncio as aioredis
 from django.conf import settings
 
-from gateway.redis import async_client
+from gateway.metrics import LIMITER_DEGRADED
+from gateway.redis import shared_async_client
 from policies import events
 from policies.engine.core import (
     SCRIPT,
@@ -114,19 +115,17 @@ def actuals_for(limits: Sequence[LimitSpec], *, tokens: int, cost_usd: Decimal) 
 
 class Limiter:
     def __init__(self) -> None:
-        self._redis: aioredis.Redis | None = None
         self._script: Any = None
         self.breaker = CircuitBreaker(
             settings.TOLLGATE_LIMITER_BREAKER_FAILURES, settings.TOLLGATE_LIMITER_BREAKER_SECONDS
         )
         self._wait_locks: dict[int, asyncio.Lock] = {}
-        self.degraded_decisions = 0
 
     def _client(self) -> aioredis.Redis:
-        if self._redis is None:
-            self._redis = async_client(max_connections=1024)
-            self._script = self._redis.register_script(SCRIPT)
-        return self._redis
+        client = shared_async_client()
+        if self._script is None or self._script.registered_client is not client:
+            self._script = client.register_script(SCRIPT)
+        return client
 
     async def _call(
         self,
@@ -285,7 +284,7 @@ class Limiter:
         return self._degraded(limits, charges)
 
     def _degraded(self, limits: Sequence[LimitSpec], charges: Sequence[int]) -> Decision:
-        self.degraded_decisions += 1
+        LIMITER_DEGRADED.inc()
         closed = [s for s in limits if s.failure_mode == "fail_closed" and s.action != "monitor"]
         if closed:
             raise LimiterUnavailable(closed[0])
@@ -321,10 +320,6 @@ class Limiter:
 
     async def publish(self, items: list[dict[str, Any]]) -> None:
         await events.emit_async(self._client(), items)
-
-    async def close(self) -> None:
-        if self._redis is not None:
-            await self._redis.aclose()
 
 
 def crossing_event(

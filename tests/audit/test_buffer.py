@@ -13,6 +13,7 @@ from audit.verify import audit_verify
 from gateway import usage as usage_service
 from gateway.proxy.usage import STREAM
 from gateway.redis import get_redis, key
+from gateway.streams import ensure_group
 from policies.models import Feature, Limit
 from tests.gateway.test_proxy_limits import chat, fresh_key
 from tests.proxy_fixtures import Setup, flush_usage
@@ -85,7 +86,7 @@ def test_buffered_rows_of_a_worker_that_died_are_written_once(proxy: Setup, monk
     assert denied.status_code == 429
     client = get_redis()
     stream = key(*STREAM)
-    usage_service._ensure_group(client, stream)
+    ensure_group(client, stream, usage_service.GROUP)
     # A worker takes the entries and is killed before it commits: nothing is acknowledged.
     deadline = time.monotonic() + 5
     taken = 0

@@ -157,12 +157,10 @@ def test_a_threshold_is_reported_once_per_window() -> None:
 
 
 def test_a_denial_reports_a_full_limit_once() -> None:
-    limit = spec(amount=3, thresholds="100")
     tokens = spec(id=2, metric="tokens", amount=10, thresholds="100")
     assert admit(tokens, [4]).admitted
     denied = [admit(tokens, [7]) for _ in range(3)]
     assert [len(d.crossings) for d in denied] == [1, 0, 0]
-    del limit
 
 
 def _hammer(prefix: str, redis_url: str, count: int, out) -> None:  # type: ignore[no-untyped-def]
