@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import os
+import time
 
-from celery import Celery, bootsteps
+from celery import Celery, bootsteps, signals
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "gateway.settings")
 
@@ -86,3 +87,58 @@ class WorkerHeartbeat(bootsteps.StartStopStep):
 
 
 app.steps["worker"].add(WorkerHeartbeat)
+
+
+class WorkerMetrics(bootsteps.StartStopStep):
+    """Serves this worker's Prometheus metrics (all its pool processes) on
+    TOLLGATE_WORKER_METRICS_PORT, for Prometheus to scrape beside the gateway's."""
+
+    def __init__(self, worker, **kwargs):  # type: ignore[no-untyped-def]
+        super().__init__(worker, **kwargs)
+        self.server = None
+
+    def start(self, worker):  # type: ignore[no-untyped-def]
+        from django.conf import settings
+        from prometheus_client import start_http_server
+
+        from gateway.metrics import registry_for_scrape
+
+        if settings.TOLLGATE_WORKER_METRICS_PORT:
+            self.server, _ = start_http_server(
+                settings.TOLLGATE_WORKER_METRICS_PORT, registry=registry_for_scrape()
+            )
+
+    def stop(self, worker):  # type: ignore[no-untyped-def]
+        if self.server is not None:
+            self.server.shutdown()
+            self.server = None
+
+
+app.steps["worker"].add(WorkerMetrics)
+
+# A job's time in the queue: stamped when published, observed when a worker starts it.
+SENT_AT_HEADER = "tollgate_sent_at"
+
+
+@signals.before_task_publish.connect
+def _stamp_sent_at(headers=None, **kwargs):  # type: ignore[no-untyped-def]
+    if headers is not None:
+        headers.setdefault(SENT_AT_HEADER, time.time())
+
+
+@signals.task_prerun.connect
+def _observe_job_wait(task=None, **kwargs):  # type: ignore[no-untyped-def]
+    from gateway.metrics import TASK_WAIT
+
+    sent_at = getattr(task.request, SENT_AT_HEADER, None) if task is not None else None
+    if isinstance(sent_at, int | float):
+        TASK_WAIT.labels(task.name).observe(max(time.time() - sent_at, 0.0))
+
+
+@signals.worker_process_shutdown.connect
+def _forget_dead_process(pid=None, **kwargs):  # type: ignore[no-untyped-def]
+    # Live gauges (in-flight, waiting) of a pool process that exited stop counting.
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(pid or os.getpid())

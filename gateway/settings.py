@@ -231,6 +231,16 @@ TOLLGATE_DEFAULT_OUTPUT_PRICE = Decimal(str(env.float("TOLLGATE_DEFAULT_OUTPUT_P
 # An alert delivery left "sending" this long belonged to a worker that died; it is retried.
 TOLLGATE_ALERT_STUCK_SECONDS = env.int("TOLLGATE_ALERT_STUCK_SECONDS", 60, minimum=1)
 
+# Metric label dimensions to leave out ("org", "feature", "model"): their label becomes "-"
+# so names an org wants kept out of Prometheus never reach it.
+TOLLGATE_METRICS_OMIT_LABELS = frozenset(env.list("TOLLGATE_METRICS_OMIT_LABELS", []))
+if TOLLGATE_METRICS_OMIT_LABELS - {"org", "feature", "model"}:
+    raise ImproperlyConfigured(
+        "TOLLGATE_METRICS_OMIT_LABELS may name only org, feature and model (comma-separated)"
+    )
+# Celery workers serve their own /metrics on this port (0 = not served); Prometheus scrapes it.
+TOLLGATE_WORKER_METRICS_PORT = env.int("TOLLGATE_WORKER_METRICS_PORT", 0, minimum=0, maximum=65535)
+
 # Client requests larger than this get 413.
 TOLLGATE_MAX_BODY_BYTES = env.int("TOLLGATE_MAX_BODY_BYTES", 10 * 1024 * 1024, minimum=1024)
 

@@ -71,6 +71,7 @@ class Call:
     lease_id: str = field(default_factory=lambda: uuid.uuid4().hex)
     # Limits charged for this request (settled after it), and their headers.
     limits: tuple[LimitSpec, ...] = ()
+    charges: list[int] = field(default_factory=list)
     rate_headers: Headers = field(default_factory=list)
     # A complete non-streamed answer waiting to be sent: status, body, cost.
     plain: tuple[int, bytes, Decimal] | None = None
@@ -142,7 +143,7 @@ class ProxyApp:
                 cost_usd=Decimal(call.event.cost_usd),
             )
             IN_FLIGHT.dec()
-            observe_request(call.event)
+            observe_request(call.event, org=call.key.org_slug if call.key else "")
             await self.recorder.record(call.event)
 
     async def _send_error(self, call: Call, exc: ProxyError) -> None:

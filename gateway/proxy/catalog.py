@@ -19,6 +19,7 @@ import redis
 from django.conf import settings
 from django.db import close_old_connections, transaction
 
+from gateway.metrics import REDIS_ERRORS
 from gateway.redis import get_redis, key, shared_async_client
 from policies.engine.specs import LimitIndex, load_limit_index
 
@@ -208,6 +209,7 @@ class CatalogCache:
             # The client does not decode responses, so GET gives bytes (or None).
             return cast("bytes | None", await shared_async_client().get(key(*VERSION_KEY)))
         except (redis.RedisError, OSError):
+            REDIS_ERRORS.labels("catalog").inc()
             return self.version
 
     async def _refresh_loop(self) -> None:

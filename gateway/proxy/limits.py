@@ -10,6 +10,7 @@ import time
 from decimal import Decimal
 from typing import Any
 
+from gateway.metrics import observe_decision, observe_reservation
 from gateway.proxy.catalog import Catalog, KeyInfo
 from gateway.proxy.http import Headers, ProxyError
 from policies import events
@@ -62,6 +63,7 @@ class LimitGate:
         try:
             decision = await self.limiter.admit(call.lease_id, limits, charges, org_id=key.org_id)
         except LimiterUnavailable as exc:
+            observe_decision(limits, "fail_closed", exc.limit)
             self._report_degraded(limits, key, kind="limit.fail_closed")
             _note(call, "fail_closed", exc.limit)
             raise ProxyError(
@@ -74,16 +76,20 @@ class LimitGate:
             ) from None
         if decision.admitted and not decision.degraded:
             call.limits = limits  # from here on, settle gives the reservations back
+            call.charges = charges
+            observe_reservation(limits, charges, None)
         self._publish_crossings(decision.crossings, key, feature)
         if not decision.degraded and events.has_pending():
             self._publish([])  # Redis is back: send what waited in memory
         if decision.degraded:
+            observe_decision(limits, "fail_open", limits[0])
             self._report_degraded(limits, key, kind="limit.fail_open")
             call.event.error = "limits not checked: fail-open"
             _note(call, "fail_open", limits[0])
             return
         if not decision.admitted:
             assert decision.denied is not None
+            observe_decision(limits, "rejected", decision.denied)
             _note(
                 call,
                 "budget_exceeded" if decision.denied.metric == "cost" else "rejected",
@@ -94,18 +100,20 @@ class LimitGate:
         if decision.waited_ms:
             waited_for = next((s for s in limits if s.action == "wait"), limits[0])
             _note(call, "waited", waited_for, decision.waited_ms)
+            observe_decision(limits, "waited", waited_for)
+        else:
+            observe_decision(limits, "admitted")
         call.rate_headers = rate_headers(decision)
 
     async def settle(self, call: Any, *, tokens: int, cost_usd: Decimal) -> None:
         if not call.limits:
             return
         key: KeyInfo = call.key
+        actuals = actuals_for(call.limits, tokens=tokens, cost_usd=cost_usd)
         crossings = await self.limiter.settle(
-            call.lease_id,
-            call.limits,
-            actuals_for(call.limits, tokens=tokens, cost_usd=cost_usd),
-            org_id=key.org_id,
+            call.lease_id, call.limits, actuals, org_id=key.org_id
         )
+        observe_reservation(call.limits, call.charges, actuals)
         self._publish_crossings(crossings, key, call.event.feature)
 
     def _publish_crossings(self, crossings: list[Crossing], key: KeyInfo, feature: str) -> None:

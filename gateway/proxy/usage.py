@@ -17,6 +17,7 @@ from decimal import Decimal
 import redis
 import redis.asyncio as aioredis
 
+from gateway.metrics import REDIS_ERRORS
 from gateway.proxy.catalog import ModelInfo
 from gateway.redis import key, shared_async_client
 
@@ -106,6 +107,7 @@ class UsageRecorder:
         try:
             await self._client().xadd(key(*STREAM), {"d": payload})
         except (redis.RedisError, OSError) as exc:
+            REDIS_ERRORS.labels("usage").inc()
             if len(self._pending) == self._pending.maxlen:
                 log.error("usage retry buffer full; dropping the oldest record")
             self._pending.append(payload)
@@ -127,4 +129,5 @@ class UsageRecorder:
                     self._pending.popleft()
                 delay = 0.5
             except (redis.RedisError, OSError):
+                REDIS_ERRORS.labels("usage").inc()
                 delay = min(delay * 2, 10.0)

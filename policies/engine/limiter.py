@@ -15,7 +15,13 @@ import redis
 import redis.asyncio as aioredis
 from django.conf import settings
 
-from gateway.metrics import LIMITER_DEGRADED
+from gateway.metrics import (
+    DEGRADED_NOW,
+    DEGRADED_SECONDS,
+    LIMITER_DEGRADED,
+    REDIS_ERRORS,
+    WAITING,
+)
 from gateway.redis import shared_async_client
 from policies import events
 from policies.engine.core import (
@@ -120,6 +126,9 @@ class Limiter:
             settings.TOLLGATE_LIMITER_BREAKER_FAILURES, settings.TOLLGATE_LIMITER_BREAKER_SECONDS
         )
         self._wait_locks: dict[int, asyncio.Lock] = {}
+        # While Redis is unreachable: when that began, and up to when it has been counted.
+        self._degraded_since: float | None = None
+        self._degraded_counted = 0.0
 
     def _client(self) -> aioredis.Redis:
         client = shared_async_client()
@@ -223,7 +232,11 @@ class Limiter:
         if decision.admitted or spec is None or spec.action != "wait" or decision.retry_ms < 0:
             return decision
         deadline = started + (spec.max_wait_seconds or 0)
-        decision = await self._wait(spec, request_id, limits, charges, org_id, now_ms, deadline)
+        WAITING.inc()
+        try:
+            decision = await self._wait(spec, request_id, limits, charges, org_id, now_ms, deadline)
+        finally:
+            WAITING.dec()
         decision.waited_ms = round((time.monotonic() - started) * 1000, 3)
         return decision
 
@@ -270,21 +283,38 @@ class Limiter:
                 decision = await self._call("admit", request_id, limits, charges, org_id, now_ms)
             except redis.ResponseError:
                 # The script itself failed: a bug, not an outage; the breaker stays as is.
+                REDIS_ERRORS.labels("limiter").inc()
                 log.exception("limiter: the script failed; applying failure modes")
                 self.breaker.probing = False
             except Exception as exc:
+                REDIS_ERRORS.labels("limiter").inc()
                 if self.breaker.failures == 0:
                     log.warning("limiter: Redis unavailable (%s); applying failure modes", exc)
                 self.breaker.failure()
             else:
                 self.breaker.success()
+                if self._degraded_since is not None:
+                    self._count_degraded(ended=True)
                 return decision
             finally:
                 self.breaker.probing = False  # also when the probe was cancelled
         return self._degraded(limits, charges)
 
+    def _count_degraded(self, *, ended: bool = False) -> None:
+        now = time.monotonic()
+        if self._degraded_since is None:
+            self._degraded_since = self._degraded_counted = now
+            DEGRADED_NOW.set(1)
+            return
+        DEGRADED_SECONDS.inc(now - self._degraded_counted)
+        self._degraded_counted = now
+        if ended:
+            self._degraded_since = None
+            DEGRADED_NOW.set(0)
+
     def _degraded(self, limits: Sequence[LimitSpec], charges: Sequence[int]) -> Decision:
         LIMITER_DEGRADED.inc()
+        self._count_degraded()
         closed = [s for s in limits if s.failure_mode == "fail_closed" and s.action != "monitor"]
         if closed:
             raise LimiterUnavailable(closed[0])
@@ -314,6 +344,7 @@ class Limiter:
         try:
             decision = await self._call("settle", request_id, limits, actuals, org_id, now_ms)
         except Exception as exc:
+            REDIS_ERRORS.labels("limiter").inc()
             log.warning("limiter: could not settle %s (%s)", request_id, exc)
             return []
         return decision.crossings

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import sys
+import time
 
 import httpx
 import pytest
@@ -20,7 +21,7 @@ PROMPT = [{"role": "user", "content": "one two three four five"}]
 def total(text: str, name: str, **labels: str) -> float:
     found = 0.0
     for line in text.splitlines():
-        if not line.startswith(name + "{"):
+        if not line.startswith((name + "{", name + " ")):
             continue
         if all(f'{k}="{v}"' in line for k, v in labels.items()):
             found += float(line.rsplit(" ", 1)[1])
@@ -95,3 +96,100 @@ def test_two_gateway_processes_report_one_sum(proxy: Setup, tmp_path) -> None:  
         assert total(text, "tollgate_requests_total", model="gpt-test", status="200") == 20
     finally:
         gateway.stop()
+
+
+def scrape(url: str) -> str:
+    return httpx.get(f"{url}/metrics").text
+
+
+def test_limit_decisions_reservations_and_budgets_are_counted(proxy: Setup) -> None:
+    from policies.engine.peek import current_usage
+    from policies.engine.specs import spec_from_limit
+    from policies.models import Feature, Limit
+    from tests.gateway.test_proxy_limits import chat, fresh_key
+
+    requests = Limit.objects.create(
+        scope="org_feature",
+        org=proxy.org_a,
+        feature=Feature.objects.get(name="chat"),
+        metric="requests",
+        window="minute",
+        amount=2,
+    )
+    Limit.objects.create(
+        scope="org", org=proxy.org_a, metric="tokens", window="minute", amount=100_000
+    )
+    budget = Limit.objects.create(
+        scope="org", org=proxy.org_a, metric="cost", window="calendar_day", amount=1_000_000
+    )
+    key = fresh_key(proxy, proxy.org_a)
+    before = scrape(proxy.url)
+    statuses = [chat(proxy, key, max_tokens=100).status_code for _ in range(3)]
+    assert statuses == [200, 200, 429]
+
+    def delta(name: str, **labels: str) -> float:
+        return total(scrape(proxy.url), name, **labels) - total(before, name, **labels)
+
+    assert delta("tollgate_limiter_decisions_total", kind="requests", result="admitted") == 2
+    assert delta("tollgate_limiter_decisions_total", kind="requests", result="rejected") == 1
+    hit = f"#{requests.pk} feature_requests_per_minute"
+    assert delta("tollgate_limit_hits_total", limit=hit, result="rejected") == 1
+    assert delta("tollgate_limiter_reservations_total", kind="tokens") == 2
+    assert delta("tollgate_limiter_reservations_total", kind="cost") == 2
+
+    # Settlement runs after the response: reserved - refunded + overrun = tokens really used.
+    used = delta("tollgate_tokens_total", org=proxy.org_a.slug, feature="chat")
+    assert used > 0
+    settled = 0.0
+    for _ in range(50):
+        settled = (
+            delta("tollgate_limiter_reserved_total", kind="tokens")
+            - delta("tollgate_limiter_refunded_total", kind="tokens")
+            + delta("tollgate_limiter_overrun_total", kind="tokens")
+        )
+        if settled == used:
+            break
+        time.sleep(0.05)
+    assert settled == used
+    assert delta("tollgate_limiter_refunded_total", kind="tokens") > 0  # max_tokens not all used
+
+    # The budget's share used, read from the limiter's counter when Prometheus scrapes.
+    spent = current_usage(spec_from_limit(budget), org_id=proxy.org_a.pk)
+    assert spent
+    labels = {"org": proxy.org_a.slug, "limit": f"#{budget.pk} org_cost_per_day"}
+    text = scrape(proxy.url)
+    assert total(text, "tollgate_budget_used_ratio", **labels) == pytest.approx(spent / 1_000_000)
+    assert total(text, "tollgate_budget_limit_usd", **labels) == pytest.approx(1.0)
+
+
+def test_queue_depth_is_read_from_the_broker(proxy: Setup) -> None:
+    from gateway.celery import app
+
+    app.send_task("gateway.tasks.usage_flush")  # declares the queue
+    first = total(scrape(proxy.url), "tollgate_queue_depth", queue="celery")
+    for _ in range(3):
+        app.send_task("gateway.tasks.usage_flush")
+    try:
+        assert total(scrape(proxy.url), "tollgate_queue_depth", queue="celery") == first + 3
+    finally:
+        app.control.purge()
+
+
+def test_a_worker_serves_its_job_wait_metrics(proxy: Setup, start_worker) -> None:  # type: ignore[no-untyped-def]
+    from gateway.celery import app
+
+    port = free_port()
+    app.control.purge()
+    app.send_task("gateway.tasks.usage_flush")
+    worker = start_worker(TOLLGATE_WORKER_METRICS_PORT=str(port), DATABASE_URL=_database_url())
+    url = f"http://127.0.0.1:{port}/metrics"
+    wait_for_http(url, worker)
+    found = 0.0
+    for _ in range(100):
+        found = total(
+            httpx.get(url).text, "tollgate_job_wait_seconds_count", task="gateway.tasks.usage_flush"
+        )
+        if found:
+            break
+        time.sleep(0.1)
+    assert found >= 1

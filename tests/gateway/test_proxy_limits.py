@@ -357,6 +357,16 @@ def test_failure_modes_with_redis_really_stopped(
     assert len(reported) == 1
     assert reported[0]["org"] == "open"
 
+    # The outage is in the metrics: errors, seconds degraded, and decisions by failure mode.
+    from tests.gateway.test_metrics import total
+
+    text = httpx.get(f"{url}/metrics").text
+    assert total(text, "tollgate_redis_errors_total", component="limiter") >= 1
+    assert total(text, "tollgate_limiter_degraded_seconds_total") > 0
+    assert total(text, "tollgate_limiter_degraded") == 0  # over now
+    assert total(text, "tollgate_limit_hits_total", result="fail_closed") >= 5
+    assert total(text, "tollgate_limiter_decisions_total", result="fail_open") >= 5
+
 
 def test_a_tier_default_applies_unless_the_org_has_its_own(proxy: Setup) -> None:
     limit(scope="org", tier=proxy.org_a.tier, amount=2)

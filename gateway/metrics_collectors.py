@@ -1,0 +1,112 @@
+"""Figures read when Prometheus scrapes ``/metrics``: budgets used (from the limiter's own
+counters in Redis) and background queue depth (from the broker). Computed by the gateway's
+metrics view only, so several worker processes never report them twice."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from typing import Any
+
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from gateway.metrics import label
+
+log = logging.getLogger(__name__)
+
+# Labels of counters shared by all orgs (global and feature-wide budgets).
+ALL_ORGS = "all"
+
+
+class BudgetCollector(Collector):
+    """``tollgate_budget_used_ratio`` and USD used/limit of every active cost limit, per org
+    (a tier's budget applies to each org of the tier) and feature."""
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        names = ["org", "feature", "limit"]
+        ratio = GaugeMetricFamily(
+            "tollgate_budget_used_ratio", "Share of a cost limit used in its window.", labels=names
+        )
+        used = GaugeMetricFamily(
+            "tollgate_budget_used_usd", "USD used of a cost limit in its window.", labels=names
+        )
+        amount = GaugeMetricFamily(
+            "tollgate_budget_limit_usd", "USD allowed by a cost limit per window.", labels=names
+        )
+        for org, feature, limit, micro_used, micro_amount in budget_usage():
+            labels = [label("org", org), label("feature", feature), limit]
+            used.add_metric(labels, micro_used / 1e6)
+            amount.add_metric(labels, micro_amount / 1e6)
+            ratio.add_metric(labels, micro_used / micro_amount if micro_amount else 0.0)
+        yield from (ratio, used, amount)
+
+
+def budget_usage() -> Iterator[tuple[str, str, str, int, int]]:
+    """(org slug, feature, limit label, micro-USD used, micro-USD allowed) per budget."""
+    from gateway.metrics import limit_label
+    from policies.engine.peek import current_usage
+    from policies.engine.specs import spec_from_limit
+    from policies.models import Limit, Organization
+
+    limits = list(
+        Limit.objects.filter(is_active=True, metric=Limit.Metric.COST).select_related(
+            "org", "feature", "api_key__org"
+        )
+    )
+    tiers = {limit.tier_id for limit in limits if limit.tier_id}
+    orgs_of_tier: dict[int, list[Organization]] = {}
+    for org in Organization.objects.filter(tier_id__in=tiers):
+        orgs_of_tier.setdefault(org.tier_id, []).append(org)  # type: ignore[arg-type]
+    for limit in limits:
+        spec = spec_from_limit(limit)
+        feature = limit.feature.name if limit.feature_id else ALL_ORGS
+        targets: list[tuple[str, int]]
+        if limit.scope in (Limit.Scope.GLOBAL, Limit.Scope.FEATURE):
+            targets = [(ALL_ORGS, 0)]
+        elif limit.api_key_id:
+            targets = [(limit.api_key.org.slug, limit.api_key.org_id)]
+        elif limit.org_id:
+            targets = [(limit.org.slug, limit.org_id)]
+        else:
+            targets = [(o.slug, o.pk) for o in orgs_of_tier.get(limit.tier_id or 0, [])]
+        for slug, org_id in targets:
+            value = current_usage(spec, org_id=org_id)
+            if value is not None:
+                yield slug, feature, limit_label(spec), value, spec.amount
+
+
+class QueueCollector(Collector):
+    """``tollgate_queue_depth``: messages waiting in each Celery queue of the broker."""
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        depth = GaugeMetricFamily(
+            "tollgate_queue_depth", "Jobs waiting in the broker, per queue.", labels=["queue"]
+        )
+        for name, count in queue_depths():
+            depth.add_metric([name], count)
+        yield depth
+
+
+def queue_depths() -> list[tuple[str, int]]:
+    from gateway.celery import app
+
+    names = sorted(app.amqp.queues) or [app.conf.task_default_queue]
+    found: list[tuple[str, int]] = []
+    try:
+        with app.connection_for_read() as conn:
+            conn.ensure_connection(max_retries=1, timeout=1)
+            channel: Any = conn.default_channel
+            for name in names:
+                try:
+                    declared = channel.queue_declare(queue=name, passive=True)
+                except conn.channel_errors:
+                    continue  # not declared yet: no worker ever consumed it
+                found.append((name, int(declared.message_count)))
+    except Exception as exc:  # the broker down shows in /health; the metric is left out
+        log.warning("queue depth not read: %s", exc)
+    return found
+
+
+def scrape_time_collectors() -> list[Collector]:
+    return [BudgetCollector(), QueueCollector()]
