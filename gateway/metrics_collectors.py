@@ -108,5 +108,30 @@ def queue_depths() -> list[tuple[str, int]]:
     return found
 
 
+class HealthCollector(Collector):
+    """``tollgate_dependency_up`` and check latency of each dependency ``/health`` checks."""
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        import asyncio
+
+        from gateway.health import health_report
+
+        report = asyncio.run(health_report())
+        up = GaugeMetricFamily(
+            "tollgate_dependency_up",
+            "1 if a dependency's health check passed.",
+            labels=["dependency"],
+        )
+        latency = GaugeMetricFamily(
+            "tollgate_dependency_check_seconds",
+            "How long a dependency's health check took.",
+            labels=["dependency"],
+        )
+        for name, result in report["dependencies"].items():
+            up.add_metric([name], 1.0 if result["status"] == "ok" else 0.0)
+            latency.add_metric([name], result["latency_ms"] / 1000)
+        yield from (up, latency)
+
+
 def scrape_time_collectors() -> list[Collector]:
-    return [BudgetCollector(), QueueCollector()]
+    return [BudgetCollector(), QueueCollector(), HealthCollector()]
