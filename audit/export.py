@@ -57,7 +57,7 @@ from __future__ import annotations
 import csv
 from collections.abc import AsyncIterator, Generator, Iterable, Iterator, Mapping
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime, time
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from asgiref.sync import sync_to_async
@@ -66,11 +66,11 @@ from django.db.models import F, Func, Q, QuerySet, TextField
 from django.db.models.functions import Cast
 from django.http import HttpRequest, StreamingHttpResponse
 from django.utils import timezone
-from django.utils.dateparse import parse_date, parse_datetime
 
 from audit.context import Actor
 from audit.models import AuditEvent
 from audit.services import audit_record
+from gateway.params import FilterError, FilterNotFound, iso_utc, parse_moment
 
 if TYPE_CHECKING:
     from policies.selectors import AdminScope
@@ -121,23 +121,6 @@ _FORMULA_STARTS = "=+-@\t\r"
 _MAX_VALUE = 300
 # iso_utc()'s format, as PostgreSQL's to_char writes it.
 _PG_ISO_UTC = 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'
-
-
-class FilterError(ValueError):
-    """A bad filter parameter: answered 400 naming ``param``."""
-
-    status = 400
-
-    def __init__(self, param: str, message: str) -> None:
-        super().__init__(f"{param}: {message}")
-        self.param = param
-        self.message = message
-
-
-class FilterNotFound(FilterError):
-    """An org user naming another organization: answered 404 (its existence not told)."""
-
-    status = 404
 
 
 @dataclass(frozen=True)
@@ -194,46 +177,6 @@ class AuditFilters:
         return described
 
 
-def iso_utc(value: datetime) -> str:
-    return value.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
-
-
-# --- parsing ---------------------------------------------------------------------------
-
-
-def _parse_moment(param: str, raw: str) -> datetime:
-    value: datetime | None = None
-    candidates = [raw]
-    if " " in raw:
-        # "+01:00" arrives as " 01:00" when the query string did not encode the "+".
-        head, _, tail = raw.rpartition(" ")
-        candidates.append(f"{head}+{tail}")
-    for candidate in candidates:
-        try:
-            value = parse_datetime(candidate)
-        except ValueError:
-            value = None
-        if value is not None:
-            break
-        try:
-            day = parse_date(candidate)
-        except ValueError:
-            day = None
-        if day is not None:
-            value = datetime.combine(day, time.min)
-            break
-    if value is None:
-        raise FilterError(
-            param, f"not a date or date-time: {raw[:40]!r} (use ISO 8601, e.g. 2026-01-31)"
-        )
-    if timezone.is_naive(value):
-        value = value.replace(tzinfo=UTC)
-    try:
-        return value.astimezone(UTC)
-    except OverflowError:
-        raise FilterError(param, f"out of range: {raw[:40]!r}") from None
-
-
 def _resolve_org(raw: str, scope: AdminScope | None) -> tuple[int, str]:
     from policies.models import Organization
 
@@ -277,8 +220,8 @@ def parse_filters(
             raise FilterError(name, f"longer than {_MAX_VALUE} characters")
         return value
 
-    since = _parse_moment("since", text("since")) if text("since") else None
-    until = _parse_moment("until", text("until")) if text("until") else None
+    since = parse_moment("since", text("since")) if text("since") else None
+    until = parse_moment("until", text("until")) if text("until") else None
     if since is not None and until is not None and since >= until:
         raise FilterError("until", "must be later than since (until is exclusive)")
 

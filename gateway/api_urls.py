@@ -10,6 +10,7 @@ from alerts.api import (
 )
 from audit.api import AuditEventViewSet, AuditExportView
 from gateway.api import LlmModelViewSet, ProviderViewSet
+from gateway.api_usage import UsageView
 from policies.api import ApiKeyViewSet, FeatureViewSet, OrganizationViewSet
 from policies.api_limits import LimitViewSet
 
@@ -28,6 +29,7 @@ router.register("alerts", AlertViewSet, basename="alert")
 # Before the router: its detail route (with a format suffix) would take "export.csv".
 urlpatterns = [
     path("audit/export.csv", AuditExportView.as_view(), name="audit-export"),
+    path("usage/", UsageView.as_view(), name="usage"),
     path("settings/smtp/", SmtpSettingsView.as_view(), name="smtp-settings"),
     path("settings/smtp/test/", SmtpTestView.as_view(), name="smtp-settings-test"),
     *router.urls,
