@@ -1,13 +1,26 @@
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlencode
 
 from django import forms
 from django.contrib import admin
+from django.core.exceptions import PermissionDenied
 from django.http import HttpRequest
+from django.template.response import TemplateResponse
 
-from gateway.models import LlmModel, Provider
+from gateway.models import LlmModel, Provider, UsageReport, UsageRollup
+from gateway.params import FilterError
+from gateway.usage_report import (
+    budget_burndown,
+    usage_query_parse,
+    usage_series,
+    usage_top_keys,
+    usage_totals,
+)
 from policies.admin_scope import OrgScopedAdmin, request_scope
+from policies.models import Feature
 
 if TYPE_CHECKING:
     from django.contrib.admin.options import _FieldGroups
@@ -94,3 +107,91 @@ class LlmModelAdmin(OrgScopedAdmin):
                 request_scope(request).visible_filter(shared=True)
             )
         return super().formfield_for_foreignkey(db_field, request, **kwargs)
+
+
+@admin.register(UsageReport)
+class UsageReportAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
+    """Usage and cost as charts: per hour or day by org, feature or model, top keys by
+    spend and each budget's burn-down; the same figures as ``GET /api/usage/``."""
+
+    def has_module_permission(self, request: HttpRequest) -> bool:
+        return not request_scope(request).is_nobody
+
+    def has_view_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return not request_scope(request).is_nobody
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def changelist_view(self, request: HttpRequest, extra_context: Any = None) -> TemplateResponse:
+        if not self.has_view_permission(request):
+            raise PermissionDenied
+        scope = request_scope(request)
+        params = request.GET.copy()
+        params.setdefault("group_by", "org" if scope.is_global else "feature")
+        error = None
+        try:
+            query = usage_query_parse(params, scope=scope)
+        except FilterError as exc:
+            error = f"{exc.param}: {exc.message}"
+            query = usage_query_parse({"group_by": params["group_by"]}, scope=scope)
+        if len(query.group_by) != 1:
+            query = replace(query, group_by=query.group_by[:1] or ("feature",))
+        group = query.group_by[0]
+        rows = usage_series(scope=scope, query=query)
+        charts = usage_chart_data(rows, group)
+        budgets = budget_burndown(scope=scope, org=query.org)
+        csv_params = {**query.params, "group_by": group, "format": "csv"}
+        for name in ("feature", "model", "org"):
+            if getattr(query, name):
+                csv_params[name] = (
+                    getattr(query, name).slug if name == "org" else getattr(query, name)
+                )
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.model._meta,
+            "title": "Usage and cost",
+            "error": error,
+            "query": query,
+            "group": group,
+            "form": {
+                "from": query.start.strftime("%Y-%m-%dT%H:%M"),
+                "to": query.end.strftime("%Y-%m-%dT%H:%M"),
+            },
+            "orgs": scope.orgs().order_by("slug") if scope.is_global else [],
+            "features": Feature.objects.order_by("name").values_list("name", flat=True),
+            "models": sorted(
+                set(
+                    UsageRollup.objects.filter(org__in=scope.orgs()).values_list("model", flat=True)
+                )
+            ),
+            "totals": usage_totals(rows),
+            "top_keys": usage_top_keys(scope=scope, query=query),
+            "budgets": budgets,
+            "chart_data": {"series": charts, "budgets": budgets, "group": group},
+            "csv_url": "/api/usage/?" + urlencode(csv_params),
+        }
+        return TemplateResponse(request, "admin/gateway/usage.html", context)
+
+
+def usage_chart_data(rows: list[dict[str, Any]], group: str) -> dict[str, Any]:
+    """Periods and, per group, requests, tokens and cost aligned on them."""
+    periods = sorted({row["period"] for row in rows})
+    index = {period: i for i, period in enumerate(periods)}
+    groups: dict[str, dict[str, list[float]]] = {}
+    for row in rows:
+        name = row[group] or "(none)"
+        series = groups.setdefault(
+            name, {k: [0.0] * len(periods) for k in ("requests", "tokens", "cost_usd")}
+        )
+        i = index[row["period"]]
+        series["requests"][i] += row["requests"]
+        series["tokens"][i] += row["input_tokens"] + row["output_tokens"]
+        series["cost_usd"][i] += float(row["cost_usd"])
+    return {"periods": periods, "groups": groups}

@@ -213,3 +213,12 @@ class UsageRollup(models.Model):
 
     def __str__(self) -> str:
         return f"{self.minute:%Y-%m-%d %H:%M} {self.org_id} {self.feature} {self.model}"
+
+
+class UsageReport(UsageRollup):
+    """The admin's "Usage and cost" page (charts over the rollups); no rows of its own."""
+
+    class Meta:
+        proxy = True
+        verbose_name = "usage and cost"
+        verbose_name_plural = "usage and cost"
