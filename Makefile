@@ -8,7 +8,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test install lint typecheck clean-data help
+.PHONY: run test install browser lint typecheck clean-data help
 
 help:
 	@echo "make run    - start PostgreSQL, Redis, the gateway, a Celery worker and beat"
@@ -27,7 +27,19 @@ install: $(STAMP)
 run: $(STAMP)
 	$(BIN)/python -m gateway.devstack run
 
-test: $(STAMP)
+# The browser tests drive Debian's Chromium (never a browser downloaded by the test tool).
+# Installed here when missing and this runs as root on a Debian-like system; otherwise
+# those tests are skipped with the reason.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing Debian's chromium for the browser tests"; \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null 2>&1 || \
+	    { apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } || \
+	    echo "could not install chromium: browser tests will be skipped"; \
+	  else echo "chromium not found: browser tests will be skipped (apt-get install chromium)"; fi; }
+
+test: $(STAMP) browser
 	$(BIN)/python -m gateway.devstack exec --ephemeral -- $(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)

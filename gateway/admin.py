@@ -162,7 +162,8 @@ class UsageReportAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
             "group": group,
             "form": {
                 "from": query.start.strftime("%Y-%m-%dT%H:%M"),
-                "to": query.end.strftime("%Y-%m-%dT%H:%M"),
+                # Empty means "now", so a page left open and reloaded shows new usage.
+                "to": query.end.strftime("%Y-%m-%dT%H:%M") if query.params.get("to") else "",
             },
             "orgs": scope.orgs().order_by("slug") if scope.is_global else [],
             "features": Feature.objects.order_by("name").values_list("name", flat=True),

@@ -4,23 +4,21 @@ from django.db import migrations
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('gateway', '0004_unknown_prices'),
+        ("gateway", "0004_unknown_prices"),
     ]
 
     operations = [
         migrations.CreateModel(
-            name='UsageReport',
-            fields=[
-            ],
+            name="UsageReport",
+            fields=[],
             options={
-                'verbose_name': 'usage and cost',
-                'verbose_name_plural': 'usage and cost',
-                'proxy': True,
-                'indexes': [],
-                'constraints': [],
+                "verbose_name": "usage and cost",
+                "verbose_name_plural": "usage and cost",
+                "proxy": True,
+                "indexes": [],
+                "constraints": [],
             },
-            bases=('gateway.usagerollup',),
+            bases=("gateway.usagerollup",),
         ),
     ]

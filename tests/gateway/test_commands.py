@@ -66,3 +66,22 @@ def test_bootstrap_creates_a_working_demo_key_once(tmp_path: Path) -> None:
     call_command("tollgate_bootstrap", "--info-file", str(info_file), verbosity=0)
     assert Organization.objects.count() == 1
     assert ApiKey.objects.count() == 1
+
+
+def test_long_commands_show_a_progress_bar_when_asked(tmp_path: Path, org_a) -> None:  # type: ignore[no-untyped-def]
+    import io
+
+    err = io.StringIO()
+    call_command("load_prices", progress=True, stdout=io.StringIO(), stderr=err)
+    assert "loading prices" in err.getvalue() and "100%" in err.getvalue()
+    err = io.StringIO()
+    call_command("audit_verify", progress=True, stdout=io.StringIO(), stderr=err)
+    assert "verifying" in err.getvalue() and "100%" in err.getvalue()
+    err = io.StringIO()
+    out = tmp_path / "audit.csv"
+    call_command("audit_export", progress=True, out=str(out), stdout=io.StringIO(), stderr=err)
+    assert "exporting" in err.getvalue() and "100%" in err.getvalue()
+    # Not a terminal and not asked: no bar, so logs and pipes stay clean.
+    err = io.StringIO()
+    call_command("audit_verify", stdout=io.StringIO(), stderr=err)
+    assert err.getvalue() == ""

@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -10,6 +9,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from audit.context import system_actor
 from audit.export import FilterError, audit_export_rows, parse_filters, record_export
 from audit.models import AuditEvent
+from gateway.progress import Progress, add_progress_argument
 
 PROGRESS_EVERY = 5000
 
@@ -21,6 +21,7 @@ class Command(BaseCommand):
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
+        add_progress_argument(parser)
         parser.add_argument("--since", help="ISO 8601 date or date-time, inclusive (UTC).")
         parser.add_argument("--until", help="ISO 8601 date or date-time, exclusive (UTC).")
         parser.add_argument("--org", help="Organization slug or id.")
@@ -45,7 +46,7 @@ class Command(BaseCommand):
 
         out = options["out"]
         to_stdout = out == "-"
-        show = sys.stderr.isatty() and options["verbosity"] > 0
+        progress = Progress(self, options, desc="exporting", unit="rows")
         partial: Path | None = None
         file: TextIO | None = None
         if not to_stdout:
@@ -64,13 +65,7 @@ class Command(BaseCommand):
             actor=system_actor(),
             extra={"out": "stdout" if to_stdout else str(Path(out).resolve())},
         )
-        total = AuditEvent.objects.filter(filters.q()).count() if show else 0
-
-        def progress(done: int) -> None:
-            if show and total:
-                width = 30
-                filled = width * min(done, total) // total
-                sys.stderr.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total}")
+        total = AuditEvent.objects.filter(filters.q()).count() if progress.enabled else 0
 
         rows = -1  # the header is not a row
         try:
@@ -81,17 +76,16 @@ class Command(BaseCommand):
                     self.stdout.write(line, ending="")
                 rows += 1
                 if rows and rows % PROGRESS_EVERY == 0:
-                    progress(rows)
+                    progress(rows, total)
             if file is not None:
                 file.close()
         except BaseException:
+            progress.close()
             if file is not None and partial is not None:
                 file.close()
                 partial.unlink(missing_ok=True)
             raise
-        if show and total:
-            progress(rows)
-            sys.stderr.write("\n")
+        progress(total, total)
         if partial is not None:
             os.replace(partial, out)  # a complete file or none at all
             self.stdout.write(f"exported {rows} audit rows to {out}")

@@ -1,28 +1,25 @@
 from __future__ import annotations
 
-import sys
 from typing import Any
 
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from audit.verify import audit_verify
+from gateway.progress import Progress, add_progress_argument
 
 
 class Command(BaseCommand):
     help = "Check the audit trail's hash chain; name the first altered or missing row."
 
+    def add_arguments(self, parser: CommandParser) -> None:
+        add_progress_argument(parser)
+
     def handle(self, *args: Any, **options: Any) -> None:
-        show = sys.stderr.isatty() and options["verbosity"] > 0
-
-        def progress(done: int, total: int) -> None:
-            if show and total:
-                width = 30
-                filled = width * done // total
-                sys.stderr.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total}")
-                if done >= total:
-                    sys.stderr.write("\n")
-
-        result = audit_verify(progress=progress)
+        progress = Progress(self, options, desc="verifying", unit="rows")
+        try:
+            result = audit_verify(progress=progress)
+        finally:
+            progress.close()
         if not result.ok:
             raise CommandError(
                 f"audit trail broken after {result.checked} good rows: {result.problem}"
