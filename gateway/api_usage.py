@@ -77,7 +77,7 @@ class UsageView(APIView):
     """Requests, tokens and cost per period, grouped; top keys by spend; budget burn-down.
     Org users see only their organization."""
 
-    renderer_classes = [*api_settings.DEFAULT_RENDERER_CLASSES, _CsvFormat]
+    renderer_classes = [*api_settings.DEFAULT_RENDERER_CLASSES, _CsvFormat]  # type: ignore[list-item]
 
     def handle_exception(self, exc: Exception) -> Response:
         response = super().handle_exception(exc)

@@ -60,14 +60,13 @@ def budget_usage() -> Iterator[tuple[str, str, str, int, int]]:
         orgs_of_tier.setdefault(org.tier_id, []).append(org)  # type: ignore[arg-type]
     for limit in limits:
         spec = spec_from_limit(limit)
-        feature = limit.feature.name if limit.feature_id else ALL_ORGS
+        feature = limit.feature.name if limit.feature is not None else ALL_ORGS
+        owner = limit.api_key.org if limit.api_key is not None else limit.org
         targets: list[tuple[str, int]]
         if limit.scope in (Limit.Scope.GLOBAL, Limit.Scope.FEATURE):
             targets = [(ALL_ORGS, 0)]
-        elif limit.api_key_id:
-            targets = [(limit.api_key.org.slug, limit.api_key.org_id)]
-        elif limit.org_id:
-            targets = [(limit.org.slug, limit.org_id)]
+        elif owner is not None:
+            targets = [(owner.slug, owner.pk)]
         else:
             targets = [(o.slug, o.pk) for o in orgs_of_tier.get(limit.tier_id or 0, [])]
         for slug, org_id in targets:

@@ -204,7 +204,7 @@ def _budget_orgs(
 ) -> list[Organization | None]:
     """Whose spend a limit counts (None: every org's, only for global staff)."""
     visible = scope.orgs()
-    owner = limit.api_key.org if limit.api_key_id else limit.org
+    owner = limit.api_key.org if limit.api_key is not None else limit.org
     if owner is not None:
         ok = visible.filter(pk=owner.pk).exists() and (org is None or org.pk == owner.pk)
         return [owner] if ok else []
@@ -215,7 +215,7 @@ def _budget_orgs(
         overridden = Limit.objects.filter(
             tier__isnull=True,
             scope=limit.scope,
-            feature_id=limit.feature_id,
+            feature=limit.feature,
             metric=limit.metric,
             is_active=True,
         ).values("org_id")
