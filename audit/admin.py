@@ -11,7 +11,7 @@ from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
 from django.contrib.admin.options import IncorrectLookupParameters
 from django.contrib.admin.views.main import ChangeList
 from django.core.exceptions import PermissionDenied
-from django.db.models import Model, QuerySet
+from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponseBadRequest
 from django.http.response import HttpResponseBase
 from django.urls import URLPattern, path
@@ -19,7 +19,7 @@ from django.utils.html import format_html
 
 from audit.export import AuditFilters, audit_export_rows, csv_response, record_export
 from audit.models import AuditEvent
-from policies.admin_scope import request_scope
+from policies.admin_scope import ReadOnlyScopedAdmin, request_scope
 
 # The detail page: every column, read-only.
 DETAIL_FIELDS = (
@@ -53,7 +53,7 @@ class _QueryOnlyChangeList(ChangeList):
 
 
 @admin.register(AuditEvent)
-class AuditEventAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
+class AuditEventAdmin(ReadOnlyScopedAdmin):
     list_display = ["at", "actor", "action", "org_slug", "target", "request_id"]
     list_filter = ["action", "actor_type", "at"]
     date_hierarchy = "at"
@@ -75,21 +75,6 @@ class AuditEventAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
         if scope.org is None:
             return queryset.none()
         return queryset.filter(org_id=scope.org.pk)
-
-    def has_module_permission(self, request: HttpRequest) -> bool:
-        return not request_scope(request).is_nobody
-
-    def has_view_permission(self, request: HttpRequest, obj: Model | None = None) -> bool:
-        return not request_scope(request).is_nobody
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Model | None = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Model | None = None) -> bool:
-        return False
 
     @admin.display(description="changes")
     def formatted_changes(self, obj: AuditEvent) -> str:

@@ -70,7 +70,7 @@ from django.utils import timezone
 from audit.context import Actor
 from audit.models import AuditEvent
 from audit.services import audit_record
-from gateway.params import FilterError, FilterNotFound, iso_utc, parse_moment
+from gateway.params import FORMULA_STARTS, FilterError, FilterNotFound, iso_utc, parse_moment
 
 if TYPE_CHECKING:
     from policies.selectors import AdminScope
@@ -117,7 +117,6 @@ FILTER_PARAMS = ("since", "until", "org", "actor", "action", "target_type", "tar
 CHUNK_SIZE = 2000
 # Lines joined per chunk sent to an HTTP client.
 HTTP_CHUNK_LINES = 500
-_FORMULA_STARTS = "=+-@\t\r"
 _MAX_VALUE = 300
 # iso_utc()'s format, as PostgreSQL's to_char writes it.
 _PG_ISO_UTC = 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'
@@ -321,7 +320,7 @@ def audit_export_rows(
     writer = csv.writer(_Echo())  # None is written as an empty cell
     yield writer.writerow(COLUMNS)
     free_text = _FREE_TEXT
-    starts = _FORMULA_STARTS
+    starts = FORMULA_STARTS
     with transaction.atomic():
         for row in rows.iterator(chunk_size=chunk_size):
             cells = list(row)

@@ -19,7 +19,7 @@ from gateway.usage_report import (
     usage_top_keys,
     usage_totals,
 )
-from policies.admin_scope import OrgScopedAdmin, request_scope
+from policies.admin_scope import OrgScopedAdmin, ReadOnlyScopedAdmin, request_scope
 from policies.models import Feature
 
 if TYPE_CHECKING:
@@ -110,24 +110,9 @@ class LlmModelAdmin(OrgScopedAdmin):
 
 
 @admin.register(UsageReport)
-class UsageReportAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
+class UsageReportAdmin(ReadOnlyScopedAdmin):
     """Usage and cost as charts: per hour or day by org, feature or model, top keys by
     spend and each budget's burn-down; the same figures as ``GET /api/usage/``."""
-
-    def has_module_permission(self, request: HttpRequest) -> bool:
-        return not request_scope(request).is_nobody
-
-    def has_view_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return not request_scope(request).is_nobody
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
 
     def changelist_view(self, request: HttpRequest, extra_context: Any = None) -> TemplateResponse:
         if not self.has_view_permission(request):

@@ -14,7 +14,7 @@ from rest_framework.response import Response
 from rest_framework.settings import api_settings
 from rest_framework.views import APIView
 
-from gateway.params import FilterError
+from gateway.params import FilterError, iso_utc
 from gateway.usage_report import (
     UsageQuery,
     budget_burndown,
@@ -100,8 +100,8 @@ class UsageView(APIView):
             return response
         return Response(
             {
-                "from": query.start.isoformat().replace("+00:00", "Z"),
-                "to": query.end.isoformat().replace("+00:00", "Z"),
+                "from": iso_utc(query.start),
+                "to": iso_utc(query.end),
                 "interval": query.interval,
                 "group_by": list(query.group_by),
                 "results": rows,

@@ -175,21 +175,25 @@ def observe_decision(limits: Sequence[Any], result: str, deciding: Any | None = 
         LIMIT_HITS.labels(limit_label(deciding), deciding.metric, result).inc()
 
 
-def observe_reservation(
-    limits: Sequence[Any], reserved: Sequence[int], actual: Sequence[int] | None
-) -> None:
-    """Reservations of tokens and cost at admission (``actual`` None), or their settlement."""
-    for spec, held, used in zip(limits, reserved, actual or reserved, strict=True):
+def observe_reserved(limits: Sequence[Any], reserved: Sequence[int]) -> None:
+    """Tokens and cost reserved at admission."""
+    for spec, held in zip(limits, reserved, strict=True):
         unit = UNIT.get(spec.metric)
-        if unit is None:
-            continue
-        if actual is None:
+        if unit is not None:
             RESERVATIONS.labels(spec.metric).inc()
             RESERVED.labels(spec.metric).inc(held * unit)
-        elif used < held:
-            REFUNDED.labels(spec.metric).inc((held - used) * unit)
-        elif used > held:
-            OVERRUN.labels(spec.metric).inc((used - held) * unit)
+
+
+def observe_settled(limits: Sequence[Any], reserved: Sequence[int], used: Sequence[int]) -> None:
+    """What settlement gave back (reserved but unused) or charged beyond the reservation."""
+    for spec, held, actual in zip(limits, reserved, used, strict=True):
+        unit = UNIT.get(spec.metric)
+        if unit is None or actual == held:
+            continue
+        if actual < held:
+            REFUNDED.labels(spec.metric).inc((held - actual) * unit)
+        else:
+            OVERRUN.labels(spec.metric).inc((actual - held) * unit)
 
 
 def metrics_view(request: HttpRequest) -> HttpResponse:

@@ -45,33 +45,21 @@ class BudgetCollector(Collector):
 def budget_usage() -> Iterator[tuple[str, str, str, int, int]]:
     """(org slug, feature, limit label, micro-USD used, micro-USD allowed) per budget."""
     from gateway.metrics import limit_label
+    from gateway.usage_report import budget_orgs
     from policies.engine.peek import current_usage
     from policies.engine.specs import spec_from_limit
     from policies.models import Limit, Organization
 
-    limits = list(
-        Limit.objects.filter(is_active=True, metric=Limit.Metric.COST).select_related(
-            "org", "feature", "api_key__org"
-        )
+    limits = Limit.objects.filter(is_active=True, metric=Limit.Metric.COST).select_related(
+        "org", "feature", "api_key__org"
     )
-    tiers = {limit.tier_id for limit in limits if limit.tier_id}
-    orgs_of_tier: dict[int, list[Organization]] = {}
-    for org in Organization.objects.filter(tier_id__in=tiers):
-        orgs_of_tier.setdefault(org.tier_id, []).append(org)  # type: ignore[arg-type]
     for limit in limits:
         spec = spec_from_limit(limit)
         feature = limit.feature.name if limit.feature is not None else ALL_ORGS
-        owner = limit.api_key.org if limit.api_key is not None else limit.org
-        targets: list[tuple[str, int]]
-        if limit.scope in (Limit.Scope.GLOBAL, Limit.Scope.FEATURE):
-            targets = [(ALL_ORGS, 0)]
-        elif owner is not None:
-            targets = [(owner.slug, owner.pk)]
-        else:
-            targets = [(o.slug, o.pk) for o in orgs_of_tier.get(limit.tier_id or 0, [])]
-        for slug, org_id in targets:
-            value = current_usage(spec, org_id=org_id)
+        for org in budget_orgs(limit, orgs=Organization.objects.all()):
+            value = current_usage(spec, org_id=org.pk if org is not None else 0)
             if value is not None:
+                slug = org.slug if org is not None else ALL_ORGS
                 yield slug, feature, limit_label(spec), value, spec.amount
 
 

@@ -1,12 +1,17 @@
-"""Query parameters shared by the management API, the admin and commands: ISO moments and
-errors that name the parameter (answered 400, or 404 for another org's objects)."""
+"""Parameters and output shared by the management API, the admin and commands: ISO moments,
+errors that name the parameter (answered 400, or 404 for another org's objects), and CSV
+cells made safe for spreadsheets."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime, time
+from typing import Any
 
 from django.utils import timezone
 from django.utils.dateparse import parse_date, parse_datetime
+
+# A CSV cell starting with one of these runs as a formula in a spreadsheet.
+FORMULA_STARTS = "=+-@\t\r"
 
 
 class FilterError(ValueError):
@@ -61,3 +66,10 @@ def parse_moment(param: str, raw: str) -> datetime:
         return value.astimezone(UTC)
     except OverflowError:
         raise FilterError(param, f"out of range: {raw[:40]!r}") from None
+
+
+def defuse_formula(value: Any) -> Any:
+    """A text cell a spreadsheet would run as a formula, prefixed with a quote."""
+    if isinstance(value, str) and value and value[0] in FORMULA_STARTS:
+        return "'" + value
+    return value

@@ -17,7 +17,7 @@ from django.db.models import Count, F, Q, QuerySet, Sum
 from django.db.models.functions import Coalesce, TruncDay, TruncHour
 
 from gateway.models import UsageRecord, UsageRollup
-from gateway.params import FilterError, FilterNotFound, iso_utc, parse_moment
+from gateway.params import FilterError, FilterNotFound, defuse_formula, iso_utc, parse_moment
 from policies.models import Limit, Organization
 from policies.selectors import AdminScope
 
@@ -27,8 +27,10 @@ INTERVALS = {"hour": (TruncHour, timedelta(hours=1)), "day": (TruncDay, timedelt
 # per group and no chart can show it.
 MAX_PERIODS = 1000
 DEFAULT_RANGE = timedelta(days=7)
+# Burn-down charts of one tier-default budget: one per org, for at most this many orgs.
+MAX_BUDGET_ORGS = 20
+PARAMS = ("from", "to", "interval", "group_by", "org", "feature", "model")
 FIGURES = ("requests", "errors", "input_tokens", "output_tokens", "cost_usd")
-_FORMULA_STARTS = "=+-@\t\r"
 ZERO = Decimal(0)
 
 
@@ -43,10 +45,9 @@ class UsageQuery:
     model: str = ""
     params: dict[str, str] = field(default_factory=dict)
 
-    def rollups(self, scope: AdminScope) -> QuerySet[UsageRollup]:
-        rows = UsageRollup.objects.filter(
-            minute__gte=self.start, minute__lt=self.end, org__in=scope.orgs()
-        )
+    def narrow(self, rows: QuerySet[Any], scope: AdminScope) -> QuerySet[Any]:
+        """Rollups or usage records of the scope's orgs, with the query's filters."""
+        rows = rows.filter(org__in=scope.orgs())
         if self.org is not None:
             rows = rows.filter(org=self.org)
         if self.feature:
@@ -100,7 +101,7 @@ def usage_query_parse(
         org=org,
         feature=text("feature")[:64],
         model=text("model")[:200],
-        params={k: text(k) for k in ("from", "to", "interval", "group_by", "org") if text(k)},
+        params={k: text(k) for k in PARAMS if text(k)},
     )
 
 
@@ -110,7 +111,9 @@ def usage_series(*, scope: AdminScope, query: UsageQuery) -> list[dict[str, Any]
     # Aliased: "org" and the others are field names of the rollup itself.
     groups = {f"g_{name}": F(GROUP_FIELDS[name]) for name in query.group_by}
     rows = (
-        query.rollups(scope)
+        query.narrow(
+            UsageRollup.objects.filter(minute__gte=query.start, minute__lt=query.end), scope
+        )
         .annotate(period=trunc("minute", tzinfo=UTC), **groups)
         .values("period", *groups)
         .annotate(
@@ -150,18 +153,12 @@ def usage_top_keys(
     *, scope: AdminScope, query: UsageQuery, limit: int = 10
 ) -> list[dict[str, Any]]:
     """The API keys that spent most in the range."""
-    records = UsageRecord.objects.filter(
-        created_at__gte=query.start,
-        created_at__lt=query.end,
-        org__in=scope.orgs(),
-        api_key__isnull=False,
+    records = query.narrow(
+        UsageRecord.objects.filter(
+            created_at__gte=query.start, created_at__lt=query.end, api_key__isnull=False
+        ),
+        scope,
     )
-    if query.org is not None:
-        records = records.filter(org=query.org)
-    if query.feature:
-        records = records.filter(feature=query.feature)
-    if query.model:
-        records = records.filter(model=query.model)
     rows = (
         records.values("api_key_id", "api_key__name", "api_key__prefix", "org__slug")
         .annotate(
@@ -192,35 +189,33 @@ def budget_burndown(
     limits = Limit.objects.filter(is_active=True, metric=Limit.Metric.COST).select_related(
         "org", "feature", "tier", "api_key__org"
     )
+    orgs = scope.orgs() if org is None else scope.orgs().filter(pk=org.pk)
     budgets = []
     for limit in limits.order_by("pk"):
-        for target in _budget_orgs(limit, scope=scope, org=org):
+        targets = budget_orgs(limit, orgs=orgs)
+        if None in targets and not (scope.is_global and org is None):
+            continue  # a counter of every org's spend: global staff only
+        for target in targets[:MAX_BUDGET_ORGS]:
             budgets.append(_burndown(limit, target, now))
     return budgets
 
 
-def _budget_orgs(
-    limit: Limit, *, scope: AdminScope, org: Organization | None
-) -> list[Organization | None]:
-    """Whose spend a limit counts (None: every org's, only for global staff)."""
-    visible = scope.orgs()
+def budget_orgs(limit: Limit, *, orgs: QuerySet[Organization]) -> list[Organization | None]:
+    """Whose spend a cost limit counts, among ``orgs``: its org (or its key's), each org of
+    its tier that has no limit of its own, or ``[None]`` for a counter every org shares."""
     owner = limit.api_key.org if limit.api_key is not None else limit.org
     if owner is not None:
-        ok = visible.filter(pk=owner.pk).exists() and (org is None or org.pk == owner.pk)
-        return [owner] if ok else []
-    if limit.tier_id is not None:  # a tier default: shown per org of the tier
-        orgs = visible.filter(tier_id=limit.tier_id)
-        if org is not None:
-            orgs = orgs.filter(pk=org.pk)
-        overridden = Limit.objects.filter(
-            tier__isnull=True,
-            scope=limit.scope,
-            feature=limit.feature,
-            metric=limit.metric,
-            is_active=True,
-        ).values("org_id")
-        return list(orgs.exclude(pk__in=overridden).order_by("slug")[:20])
-    return [None] if scope.is_global and org is None else []
+        return [owner] if orgs.filter(pk=owner.pk).exists() else []
+    if limit.tier_id is None:
+        return [None]
+    overridden = Limit.objects.filter(
+        tier__isnull=True,
+        scope=limit.scope,
+        feature=limit.feature,
+        metric=limit.metric,
+        is_active=True,
+    ).values("org_id")
+    return list(orgs.filter(tier_id=limit.tier_id).exclude(pk__in=overridden).order_by("slug"))
 
 
 def _burndown(limit: Limit, org: Organization | None, now: datetime) -> dict[str, Any]:
@@ -305,18 +300,12 @@ def usage_csv(rows: list[dict[str, Any]], group_by: tuple[str, ...]) -> Iterator
     writer = csv.writer(buffer)
     writer.writerow(columns)
     for row in rows:
-        writer.writerow([_cell(row.get(c, "")) for c in columns])
+        writer.writerow([defuse_formula(row.get(c, "")) for c in columns])
         yield buffer.getvalue()
         buffer.seek(0)
         buffer.truncate()
     if buffer.getvalue():
         yield buffer.getvalue()
-
-
-def _cell(value: Any) -> Any:
-    if isinstance(value, str) and value and value[0] in _FORMULA_STARTS:
-        return "'" + value
-    return value
 
 
 def _usd(value: Decimal | None) -> str:

@@ -80,3 +80,23 @@ class OrgScopedAdmin(AuditedAdminMixin, admin.ModelAdmin):  # type: ignore[type-
         if not change and self.org_field == "org" and not scope.is_global:
             obj.org = scope.org  # type: ignore[attr-defined]
         super().save_model(request, obj, form, change)
+
+
+class ReadOnlyScopedAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
+    """Pages every management user may read (within their scope) and nobody changes: the
+    audit trail, usage and cost."""
+
+    def has_module_permission(self, request: HttpRequest) -> bool:
+        return not request_scope(request).is_nobody
+
+    def has_view_permission(self, request: HttpRequest, obj: Model | None = None) -> bool:
+        return not request_scope(request).is_nobody
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Model | None = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Model | None = None) -> bool:
+        return False

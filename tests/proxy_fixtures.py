@@ -15,7 +15,10 @@ from django.db import connection
 from gateway.devstack.servers import free_port
 from gateway.fake_upstream import FakeUpstream
 from gateway.models import LlmModel, Provider
+from gateway.proxy.usage import STREAM as usage_stream
+from gateway.redis import get_redis, key
 from gateway.usage import usage_flush
+from policies import events
 from policies.models import Feature, Organization
 from policies.services import apikey_create
 from tests.conftest import ServiceProcess, service_env, wait_for_http
@@ -117,6 +120,9 @@ def proxy(
     gateway_url: str, fake: FakeUpstream, transactional_db: None, free_tier, settings
 ) -> Setup:  # type: ignore[no-untyped-def]
     settings.TOLLGATE_REDIS_PREFIX = GATEWAY_PREFIX
+    # The gateway process outlives tests: start without earlier tests' usage and engine
+    # events, whose rows (and orgs) the database no longer has.
+    get_redis().delete(key(*usage_stream), key(*events.STREAM))
     chat_feature = Feature.objects.create(name="chat")
     Feature.objects.create(name="summarize")
     org_a = Organization.objects.create(name="Acme", slug="acme", tier=free_tier)

@@ -10,7 +10,7 @@ import time
 from decimal import Decimal
 from typing import Any
 
-from gateway.metrics import observe_decision, observe_reservation
+from gateway.metrics import observe_decision, observe_reserved, observe_settled
 from gateway.proxy.catalog import Catalog, KeyInfo
 from gateway.proxy.http import Headers, ProxyError
 from policies import events
@@ -77,7 +77,7 @@ class LimitGate:
         if decision.admitted and not decision.degraded:
             call.limits = limits  # from here on, settle gives the reservations back
             call.charges = charges
-            observe_reservation(limits, charges, None)
+            observe_reserved(limits, charges)
         self._publish_crossings(decision.crossings, key, feature)
         if not decision.degraded and events.has_pending():
             self._publish([])  # Redis is back: send what waited in memory
@@ -113,7 +113,7 @@ class LimitGate:
         crossings = await self.limiter.settle(
             call.lease_id, call.limits, actuals, org_id=key.org_id
         )
-        observe_reservation(call.limits, call.charges, actuals)
+        observe_settled(call.limits, call.charges, actuals)
         self._publish_crossings(crossings, key, call.event.feature)
 
     def _publish_crossings(self, crossings: list[Crossing], key: KeyInfo, feature: str) -> None:

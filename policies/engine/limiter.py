@@ -126,9 +126,8 @@ class Limiter:
             settings.TOLLGATE_LIMITER_BREAKER_FAILURES, settings.TOLLGATE_LIMITER_BREAKER_SECONDS
         )
         self._wait_locks: dict[int, asyncio.Lock] = {}
-        # While Redis is unreachable: when that began, and up to when it has been counted.
-        self._degraded_since: float | None = None
-        self._degraded_counted = 0.0
+        # While Redis is unreachable: up to when that time has been counted in the metric.
+        self._degraded_counted: float | None = None
 
     def _client(self) -> aioredis.Redis:
         client = shared_async_client()
@@ -293,7 +292,7 @@ class Limiter:
                 self.breaker.failure()
             else:
                 self.breaker.success()
-                if self._degraded_since is not None:
+                if self._degraded_counted is not None:
                     self._count_degraded(ended=True)
                 return decision
             finally:
@@ -302,14 +301,12 @@ class Limiter:
 
     def _count_degraded(self, *, ended: bool = False) -> None:
         now = time.monotonic()
-        if self._degraded_since is None:
-            self._degraded_since = self._degraded_counted = now
+        if self._degraded_counted is None:
             DEGRADED_NOW.set(1)
-            return
-        DEGRADED_SECONDS.inc(now - self._degraded_counted)
-        self._degraded_counted = now
+        else:
+            DEGRADED_SECONDS.inc(now - self._degraded_counted)
+        self._degraded_counted = None if ended else now
         if ended:
-            self._degraded_since = None
             DEGRADED_NOW.set(0)
 
     def _degraded(self, limits: Sequence[LimitSpec], charges: Sequence[int]) -> Decision:
