@@ -46,6 +46,12 @@ app.conf.beat_schedule = {
         "schedule": 60.0,
         "options": {"expires": 60},
     },
+    # Burst queue: expire old jobs, put back those of dead workers, wake a pump if any wait.
+    "jobs-sweep": {
+        "task": "gateway.jobs.tasks.jobs_sweep",
+        "schedule": 1.0,
+        "options": {"expires": 2},
+    },
     # Engine events (threshold crossings) into the audit trail.
     "audit-flush-events": {
         "task": "audit.tasks.flush_events",

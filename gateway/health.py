@@ -123,15 +123,31 @@ async def _run(check: Callable[[], dict[str, Any]]) -> dict[str, Any]:
     return result
 
 
+def provider_breakers() -> dict[str, Any]:
+    """Each active provider's circuit breaker (closed, open, half_open) for queued jobs."""
+    from gateway.jobs.breaker import breaker_states
+    from gateway.models import Provider
+
+    providers = dict(Provider.objects.filter(is_active=True).values_list("pk", "name"))
+    states = breaker_states(list(providers))
+    return {providers[pid]: state for pid, state in states.items()}
+
+
 async def health_report() -> dict[str, Any]:
     names = list(CHECKS)
-    results = await asyncio.gather(*(_run(CHECKS[name]) for name in names))
-    dependencies = dict(zip(names, results, strict=True))
+    results = await asyncio.gather(
+        *(_run(CHECKS[name]) for name in names), _run(lambda: {"breakers": provider_breakers()})
+    )
+    dependencies = dict(zip(names, results, strict=False))
     ok = all(dep["status"] == "ok" for dep in dependencies.values())
+    # Providers are reported, not judged: one provider's outage is no reason to take the
+    # gateway out of a load balancer (its other providers still serve).
+    providers = results[-1].get("breakers", {})
     return {
         "status": "ok" if ok else "degraded",
         "version": gateway.__version__,
         "dependencies": dependencies,
+        "providers": providers,
     }
 
 

@@ -124,6 +124,20 @@ TASK_WAIT = Histogram(
     buckets=WAIT_BUCKETS,
 )
 
+# The burst queue: time from a job's acceptance to its admission, by tier priority, and
+# how its runs ended.
+JOB_WAIT = Histogram(
+    "tollgate_queued_job_wait_seconds",
+    "Time a queued LLM call waited from acceptance until its limits admitted it.",
+    ["priority"],
+    buckets=WAIT_BUCKETS,
+)
+JOB_RUNS = Counter(
+    "tollgate_queued_job_runs_total",
+    "Runs of queued LLM calls by result (succeeded, failed, dead_letter, retried).",
+    ["result"],
+)
+
 
 @cache
 def _omitted() -> frozenset[str]:
@@ -168,7 +182,8 @@ def limit_label(spec: Any) -> str:
 
 def observe_decision(limits: Sequence[Any], result: str, deciding: Any | None = None) -> None:
     """One limit check: every limit counts under ``result`` ("admitted", "rejected",
-    "waited", "fail_open", "fail_closed"); the limit that decided is also counted by name."""
+    "waited", "queued", "fail_open", "fail_closed"); the limit that decided is also counted
+    by name."""
     for spec in limits:
         LIMITER_DECISIONS.labels(spec.metric, result).inc()
     if deciding is not None:

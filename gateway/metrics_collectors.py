@@ -95,6 +95,46 @@ def queue_depths() -> list[tuple[str, int]]:
     return found
 
 
+class JobsCollector(Collector):
+    """``tollgate_queued_jobs`` waiting or running per tier priority (from Postgres), and
+    ``tollgate_provider_breaker_open`` per provider (from Redis)."""
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        from django.db.models import Count
+
+        from gateway.jobs.breaker import breaker_states
+        from gateway.jobs.models import Job
+        from gateway.models import Provider
+
+        jobs = GaugeMetricFamily(
+            "tollgate_queued_jobs",
+            "Queued LLM calls waiting or running, per tier priority.",
+            labels=["status", "priority"],
+        )
+        active = (
+            Job.objects.filter(status__in=(Job.Status.QUEUED, Job.Status.RUNNING))
+            .values("status", "priority")
+            .annotate(n=Count("id"))
+        )
+        for row in active:
+            jobs.add_metric([row["status"], str(row["priority"])], row["n"])
+        yield jobs
+        breaker = GaugeMetricFamily(
+            "tollgate_provider_breaker_open",
+            "1 while a provider's circuit breaker is open or half-open.",
+            labels=["provider"],
+        )
+        providers = dict(Provider.objects.filter(is_active=True).values_list("pk", "name"))
+        try:
+            states = breaker_states(list(providers))
+        except Exception as exc:  # Redis down shows in /health
+            log.warning("breaker states not read: %s", exc)
+            states = {}
+        for pid, state in states.items():
+            breaker.add_metric([providers[pid]], 0.0 if state["state"] == "closed" else 1.0)
+        yield breaker
+
+
 class HealthCollector(Collector):
     """``tollgate_dependency_up`` and check latency of each dependency ``/health`` checks."""
 
@@ -121,4 +161,4 @@ class HealthCollector(Collector):
 
 
 def scrape_time_collectors() -> list[Collector]:
-    return [BudgetCollector(), QueueCollector(), HealthCollector()]
+    return [BudgetCollector(), QueueCollector(), JobsCollector(), HealthCollector()]

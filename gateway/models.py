@@ -222,3 +222,9 @@ class UsageReport(UsageRollup):
         proxy = True
         verbose_name = "usage and cost"
         verbose_name_plural = "usage and cost"
+
+
+# Queued LLM calls live in their own module; registered with this app.
+from gateway.jobs.models import Job  # noqa: E402
+
+__all__ = ["Job", "LlmModel", "Provider", "UsageRecord", "UsageReport", "UsageRollup"]

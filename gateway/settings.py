@@ -241,6 +241,31 @@ if TOLLGATE_METRICS_OMIT_LABELS - {"org", "feature", "model"}:
 # Celery workers serve their own /metrics on this port (0 = not served); Prometheus scrapes it.
 TOLLGATE_WORKER_METRICS_PORT = env.int("TOLLGATE_WORKER_METRICS_PORT", 0, minimum=0, maximum=65535)
 
+# The burst queue (jobs): a job not started this long after it was accepted expires
+# (a client may ask for less with X-Tollgate-Job-Max-Age).
+TOLLGATE_JOB_MAX_AGE_SECONDS = env.int("TOLLGATE_JOB_MAX_AGE_SECONDS", 3600, minimum=1)
+# Upstream attempts per job (provider 429, 5xx, timeouts) before it fails into the dead
+# letters; backoff between them doubles from the base up to the cap, with jitter.
+TOLLGATE_JOB_MAX_ATTEMPTS = env.int("TOLLGATE_JOB_MAX_ATTEMPTS", 5, minimum=1, maximum=100)
+TOLLGATE_JOB_RETRY_BASE_SECONDS = env.float("TOLLGATE_JOB_RETRY_BASE_SECONDS", 1.0, minimum=0.01)
+TOLLGATE_JOB_RETRY_MAX_SECONDS = env.float("TOLLGATE_JOB_RETRY_MAX_SECONDS", 60.0, minimum=0.01)
+# A running job whose worker stopped renewing its lease this long is run again.
+TOLLGATE_JOB_LEASE_SECONDS = env.float("TOLLGATE_JOB_LEASE_SECONDS", 30.0, minimum=1.0)
+# Job pumps running at once (each is one worker slot) and jobs in flight per pump.
+TOLLGATE_JOB_PUMPS = env.int("TOLLGATE_JOB_PUMPS", 2, minimum=1)
+TOLLGATE_JOB_CONCURRENCY = env.int("TOLLGATE_JOB_CONCURRENCY", 64, minimum=1)
+# A pump hands its slot back after this long (the next pump carries on).
+TOLLGATE_JOB_PUMP_SECONDS = env.float("TOLLGATE_JOB_PUMP_SECONDS", 20.0, minimum=1.0)
+# Per provider: this many failed calls in a row open the breaker; after the pause one
+# probe call may go (half-open) and closes it again on success.
+TOLLGATE_PROVIDER_BREAKER_FAILURES = env.int("TOLLGATE_PROVIDER_BREAKER_FAILURES", 5, minimum=1)
+TOLLGATE_PROVIDER_BREAKER_SECONDS = env.float(
+    "TOLLGATE_PROVIDER_BREAKER_SECONDS", 30.0, minimum=0.1
+)
+# Job callbacks: attempts per result and the timeout of each.
+TOLLGATE_JOB_CALLBACK_ATTEMPTS = env.int("TOLLGATE_JOB_CALLBACK_ATTEMPTS", 5, minimum=1)
+TOLLGATE_JOB_CALLBACK_TIMEOUT = env.float("TOLLGATE_JOB_CALLBACK_TIMEOUT", 10.0, minimum=0.1)
+
 # Client requests larger than this get 413.
 TOLLGATE_MAX_BODY_BYTES = env.int("TOLLGATE_MAX_BODY_BYTES", 10 * 1024 * 1024, minimum=1024)
 

@@ -14,3 +14,9 @@ def usage_flush() -> int:
     # Entries are acknowledged in Redis only after their rows commit, so the task itself
     # needs no late ack: a worker dying mid-flush leaves them pending for the next run.
     return usage_flush_service(consumer=f"usage-{socket.gethostname()}")
+
+
+# The burst queue's tasks live beside its code.
+from gateway.jobs.tasks import job_callback, jobs_pump, jobs_sweep  # noqa: E402
+
+__all__ = ["job_callback", "jobs_pump", "jobs_sweep", "usage_flush"]

@@ -36,7 +36,8 @@ from gateway.proxy.http import (
     read_body,
     send_response,
 )
-from gateway.proxy.limits import LimitGate
+from gateway.proxy.jobs import JOB_ENDPOINTS, JobEndpoints, job_options, wants_async
+from gateway.proxy.limits import LimitGate, Queued
 from gateway.proxy.usage import Usage, UsageEvent, UsageRecorder
 from gateway.redis import close_shared_async_client
 from policies import keys
@@ -49,6 +50,18 @@ ANTHROPIC_VERSION = b"2023-06-01"
 # Rough size of a token, for estimating usage a provider never reported.
 CHARS_PER_TOKEN = 4
 OPENAI_KINDS = frozenset({"openai", "openai_compatible"})
+
+
+@dataclass
+class Prepared:
+    """A validated model call, ready to be admitted and relayed (now, or later as a job)."""
+
+    path: str  # the provider's path, e.g. "/chat/completions"
+    payload: dict[str, Any]
+    stream: bool
+    estimate: Usage
+    max_tokens: int | None
+    strip_usage: bool = False
 
 
 @dataclass
@@ -75,6 +88,12 @@ class Call:
     rate_headers: Headers = field(default_factory=list)
     # A complete non-streamed answer waiting to be sent: status, body, cost.
     plain: tuple[int, bytes, Decimal] | None = None
+    # The burst queue: may a denial by a `queue` limit become a job; is this a job's run;
+    # did the client ask for a job (Prefer: respond-async); the Redis time of admission.
+    may_queue: bool = False
+    job: bool = False
+    respond_async: bool = False
+    admitted_ms: int = 0
 
     def __post_init__(self) -> None:
         self.event = UsageEvent(
@@ -97,6 +116,7 @@ class ProxyApp:
             "/v1/messages": ("POST", self.messages),
             "/v1/models": ("GET", self.list_models),
         }
+        self.jobs = JobEndpoints(self)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         headers = header_map(scope)
@@ -110,6 +130,8 @@ class ProxyApp:
             route = self.routes.get(path)
             if route is None and path.startswith("/v1/models/"):
                 route = ("GET", self.retrieve_model)
+            if route is None and path.startswith("/v1/jobs/"):
+                route = self.jobs.route(scope["method"])
             if route is None:
                 raise ProxyError(
                     404, f"Unknown endpoint: {scope['method']} {path}", code="unknown_url"
@@ -122,6 +144,8 @@ class ProxyApp:
                     code="method_not_allowed",
                     headers=[(b"allow", method.encode())],
                 )
+            call.may_queue = path in JOB_ENDPOINTS
+            call.respond_async = wants_async(headers, path)
             await handler(call)
         except ProxyError as exc:
             await self._send_error(call, exc)
@@ -144,7 +168,8 @@ class ProxyApp:
             )
             IN_FLIGHT.dec()
             observe_request(call.event, org=call.key.org_slug if call.key else "")
-            await self.recorder.record(call.event)
+            if call.event.outcome != "queued":  # a job's usage is recorded when it runs
+                await self.recorder.record(call.event)
 
     async def _send_error(self, call: Call, exc: ProxyError) -> None:
         call.event.status_code = exc.status
@@ -161,7 +186,7 @@ class ProxyApp:
 
     # --- shared steps -------------------------------------------------------------------
 
-    async def _authenticate(self, call: Call) -> tuple[Catalog, KeyInfo]:
+    async def authenticate(self, call: Call) -> tuple[Catalog, KeyInfo]:
         catalog = await self.catalog.get()
         raw: bytes | None = None
         auth = call.headers.get(b"authorization")
@@ -531,9 +556,57 @@ class ProxyApp:
 
     # --- endpoints ----------------------------------------------------------------------
 
-    async def chat_completions(self, call: Call) -> None:
-        catalog, key = await self._authenticate(call)
+    def prepare(
+        self, endpoint: str, call: Call, catalog: Catalog, key: KeyInfo, data: dict[str, Any]
+    ) -> Prepared:
+        """Validate a model call's body against the catalog (also when a job runs)."""
+        prepare = {
+            "chat/completions": self.prepare_chat,
+            "embeddings": self.prepare_embeddings,
+            "messages": self.prepare_messages,
+        }[endpoint]
+        return prepare(call, catalog, key, data)
+
+    async def _serve(self, call: Call, endpoint: str) -> None:
+        catalog, key = await self.authenticate(call)
+        options = job_options(call.headers)
         data = await self._json_body(call)
+        prepared = self.prepare(endpoint, call, catalog, key, data)
+        if call.respond_async:
+            await self.jobs.accept(call, key, endpoint, data, options, reason="requested")
+            return
+        try:
+            await self.gate.admit(
+                call,
+                catalog,
+                key,
+                input_tokens=prepared.estimate.input_tokens,
+                max_tokens=prepared.max_tokens,
+            )
+        except Queued:
+            await self.jobs.accept(call, key, endpoint, data, options, reason="limit")
+            return
+        await self.relay(call, prepared)
+        if not call.response_started:
+            await self._answer_plain(call)
+
+    async def relay(self, call: Call, prepared: Prepared) -> None:
+        assert call.model is not None
+        await self._relay(
+            call,
+            self._url(call.model.provider, prepared.path),
+            prepared.payload,
+            stream=prepared.stream,
+            estimate=prepared.estimate,
+            strip_usage=prepared.strip_usage,
+        )
+
+    async def chat_completions(self, call: Call) -> None:
+        await self._serve(call, "chat/completions")
+
+    def prepare_chat(
+        self, call: Call, catalog: Catalog, key: KeyInfo, data: dict[str, Any]
+    ) -> Prepared:
         name = _require_str(data, "model")
         messages = data.get("messages")
         if not isinstance(messages, list) or not messages:
@@ -567,24 +640,21 @@ class ProxyApp:
         if stream:
             # Always ask for usage so streamed calls are counted exactly.
             payload["stream_options"] = {**(options or {}), "include_usage": True}
-        estimate = Usage(input_tokens=_estimate_tokens(messages), estimated=True)
-        await self.gate.admit(
-            call, catalog, key, input_tokens=estimate.input_tokens, max_tokens=max_tokens
-        )
-        await self._relay(
-            call,
-            self._url(model.provider, "/chat/completions"),
+        return Prepared(
+            "/chat/completions",
             payload,
-            stream=stream,
-            estimate=estimate,
+            stream,
+            Usage(input_tokens=_estimate_tokens(messages), estimated=True),
+            max_tokens,
             strip_usage=not wants_usage,
         )
-        if not call.response_started:
-            await self._answer_plain(call)
 
     async def embeddings(self, call: Call) -> None:
-        catalog, key = await self._authenticate(call)
-        data = await self._json_body(call)
+        await self._serve(call, "embeddings")
+
+    def prepare_embeddings(
+        self, call: Call, catalog: Catalog, key: KeyInfo, data: dict[str, Any]
+    ) -> Prepared:
         name = _require_str(data, "model")
         given = data.get("input")
         valid = (isinstance(given, str) and given) or (
@@ -606,20 +676,20 @@ class ProxyApp:
             )
         self._feature(call, catalog, key)
         model = self._model(call, catalog, key, name, mode="embedding", kinds=OPENAI_KINDS)
-        estimate = Usage(input_tokens=_estimate_tokens(given), estimated=True)
-        await self.gate.admit(call, catalog, key, input_tokens=estimate.input_tokens, max_tokens=0)
-        await self._relay(
-            call,
-            self._url(model.provider, "/embeddings"),
+        return Prepared(
+            "/embeddings",
             dict(data, model=model.upstream_name),
-            stream=False,
-            estimate=estimate,
+            False,
+            Usage(input_tokens=_estimate_tokens(given), estimated=True),
+            0,
         )
-        await self._answer_plain(call)
 
     async def messages(self, call: Call) -> None:
-        catalog, key = await self._authenticate(call)
-        data = await self._json_body(call)
+        await self._serve(call, "messages")
+
+    def prepare_messages(
+        self, call: Call, catalog: Catalog, key: KeyInfo, data: dict[str, Any]
+    ) -> Prepared:
         name = _require_str(data, "model")
         max_tokens = _optional_positive_int(data, "max_tokens")
         if max_tokens is None:
@@ -634,24 +704,16 @@ class ProxyApp:
         stream = _optional_bool(data, "stream")
         self._feature(call, catalog, key)
         model = self._model(call, catalog, key, name, mode="chat", kinds=frozenset({"anthropic"}))
-        estimate = Usage(
-            input_tokens=_estimate_tokens([data.get("system"), messages]), estimated=True
-        )
-        await self.gate.admit(
-            call, catalog, key, input_tokens=estimate.input_tokens, max_tokens=max_tokens
-        )
-        await self._relay(
-            call,
-            self._url(model.provider, "/messages"),
+        return Prepared(
+            "/messages",
             dict(data, model=model.upstream_name),
-            stream=stream,
-            estimate=estimate,
+            stream,
+            Usage(input_tokens=_estimate_tokens([data.get("system"), messages]), estimated=True),
+            max_tokens,
         )
-        if not call.response_started:
-            await self._answer_plain(call)
 
     async def list_models(self, call: Call) -> None:
-        catalog, key = await self._authenticate(call)
+        catalog, key = await self.authenticate(call)
         body = {"object": "list", "data": [_model_json(m) for m in catalog.models_for(key)]}
         call.event.status_code = 200
         await send_response(
@@ -659,7 +721,7 @@ class ProxyApp:
         )
 
     async def retrieve_model(self, call: Call) -> None:
-        catalog, key = await self._authenticate(call)
+        catalog, key = await self.authenticate(call)
         name = call.scope["path"].removeprefix("/v1/models/")
         match = [m for m in catalog.models_for(key) if m.name == name]
         if not match:

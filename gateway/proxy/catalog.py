@@ -71,6 +71,7 @@ class KeyInfo:
     allowed_features: frozenset[str] | None  # None: every feature
     allowed_models: frozenset[int] | None  # None: every model of the org
     expires_at: float | None  # unix time
+    tier_priority: int = 0  # queued jobs of higher tiers are served first
 
 
 @dataclass
@@ -81,6 +82,7 @@ class Catalog:
     features: frozenset[str] = frozenset()
     limits: LimitIndex = field(default_factory=LimitIndex)
     loaded_at: float = 0.0
+    keys_by_id: dict[int, KeyInfo] = field(default_factory=dict)
 
     def model_for(self, org_id: int, name: str) -> ModelInfo | None:
         """An org's own model wins over a shared one of the same name."""
@@ -116,7 +118,7 @@ def load_catalog() -> Catalog:
                 continue
             models[(m.org_id, m.name)] = _model_info(m, provider)
         keys: dict[str, KeyInfo] = {}
-        usable = ApiKey.objects.usable().select_related("org", "default_feature")
+        usable = ApiKey.objects.usable().select_related("org__tier", "default_feature")
         for k in usable.prefetch_related("allowed_features", "allowed_models"):
             allowed_features = frozenset(f.name for f in k.allowed_features.all())
             allowed_models = frozenset(m.pk for m in k.allowed_models.all())
@@ -132,13 +134,19 @@ def load_catalog() -> Catalog:
                 allowed_features=allowed_features if k.restrict_features else None,
                 allowed_models=allowed_models if k.restrict_models else None,
                 expires_at=k.expires_at.timestamp() if k.expires_at else None,
+                tier_priority=k.org.tier.priority,
             )
         features = frozenset(Feature.objects.values_list("name", flat=True))
         limits = load_limit_index()
     finally:
         close_old_connections()
     return Catalog(
-        keys=keys, models=models, features=features, limits=limits, loaded_at=time.time()
+        keys=keys,
+        models=models,
+        features=features,
+        limits=limits,
+        loaded_at=time.time(),
+        keys_by_id={k.id: k for k in keys.values()},
     )
 
 

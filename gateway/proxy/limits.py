@@ -31,6 +31,19 @@ log = logging.getLogger(__name__)
 FAIL_OPEN_REPORT_SECONDS = 60
 
 
+class Queued(Exception):
+    """Not admitted, and the request may wait in the burst queue instead of a 429: a limit
+    with action ``queue`` denied it, or it is a queued job already (which always waits)."""
+
+    def __init__(self, decision: Decision) -> None:
+        super().__init__(decision.denied.description if decision.denied else "")
+        self.decision = decision
+
+    @property
+    def retry_seconds(self) -> float:
+        return max(self.decision.retry_ms, 0) / 1000
+
+
 class LimitGate:
     def __init__(self) -> None:
         self.limiter = Limiter()
@@ -61,7 +74,10 @@ class LimitGate:
             output_price=model.output_price,
         )
         try:
-            decision = await self.limiter.admit(call.lease_id, limits, charges, org_id=key.org_id)
+            # A job never holds its pump waiting: it goes back to the queue instead.
+            decision = await self.limiter.admit(
+                call.lease_id, limits, charges, org_id=key.org_id, wait=not call.job
+            )
         except LimiterUnavailable as exc:
             observe_decision(limits, "fail_closed", exc.limit)
             self._report_degraded(limits, key, kind="limit.fail_closed")
@@ -77,6 +93,7 @@ class LimitGate:
         if decision.admitted and not decision.degraded:
             call.limits = limits  # from here on, settle gives the reservations back
             call.charges = charges
+            call.admitted_ms = decision.now_ms
             observe_reserved(limits, charges)
         self._publish_crossings(decision.crossings, key, feature)
         if not decision.degraded and events.has_pending():
@@ -89,6 +106,11 @@ class LimitGate:
             return
         if not decision.admitted:
             assert decision.denied is not None
+            if decision.retry_ms >= 0 and (
+                call.job or (call.may_queue and decision.denied.action == "queue")
+            ):
+                observe_decision(limits, "queued", decision.denied)
+                raise Queued(decision)
             observe_decision(limits, "rejected", decision.denied)
             _note(
                 call,

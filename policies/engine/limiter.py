@@ -217,7 +217,9 @@ class Limiter:
         *,
         org_id: int,
         now_ms: int = 0,
+        wait: bool = True,
     ) -> Decision:
+        """One decision; with ``wait`` a denial by a `wait` limit waits for capacity."""
         started = time.monotonic()
         waiting = [s for s in limits if s.action == "wait" and self._lock(s).locked()]
         if waiting:
@@ -228,7 +230,13 @@ class Limiter:
         else:
             decision = await self._guarded(request_id, limits, charges, org_id, now_ms)
         spec = decision.denied
-        if decision.admitted or spec is None or spec.action != "wait" or decision.retry_ms < 0:
+        if (
+            not wait
+            or decision.admitted
+            or spec is None
+            or spec.action != "wait"
+            or decision.retry_ms < 0
+        ):
             return decision
         deadline = started + (spec.max_wait_seconds or 0)
         WAITING.inc()

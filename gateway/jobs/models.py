@@ -1,0 +1,106 @@
+"""Queued LLM calls. Postgres holds every job from acceptance to its result, so a worker,
+broker or Redis restart loses none; the broker only carries wake-ups (see ``tasks``)."""
+
+from __future__ import annotations
+
+import uuid
+
+from django.db import models
+from django.db.models import Q
+
+
+class Job(models.Model):
+    class Status(models.TextChoices):
+        QUEUED = "queued", "Queued"
+        RUNNING = "running", "Running"
+        SUCCEEDED = "succeeded", "Succeeded"
+        FAILED = "failed", "Failed"
+        EXPIRED = "expired", "Expired"
+        CANCELLED = "cancelled", "Cancelled"
+
+    class Reason(models.TextChoices):
+        LIMIT = "limit", "A limit with action queue"
+        REQUESTED = "requested", "Prefer: respond-async"
+
+    class Callback(models.TextChoices):
+        NONE = "", "No callback"
+        PENDING = "pending", "Pending"
+        DELIVERED = "delivered", "Delivered"
+        FAILED = "failed", "Failed"
+
+    FINISHED = (Status.SUCCEEDED, Status.FAILED, Status.EXPIRED, Status.CANCELLED)
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    org = models.ForeignKey("policies.Organization", on_delete=models.CASCADE, related_name="jobs")
+    api_key = models.ForeignKey(
+        "policies.ApiKey", null=True, on_delete=models.SET_NULL, related_name="jobs"
+    )
+    feature = models.CharField(max_length=64, blank=True)
+    endpoint = models.CharField(max_length=32)  # "chat/completions", "embeddings", "messages"
+    model = models.CharField(max_length=200)
+    provider = models.ForeignKey(
+        "gateway.Provider", null=True, on_delete=models.SET_NULL, related_name="jobs"
+    )
+    request = models.JSONField()
+    request_headers = models.JSONField(default=dict, blank=True)
+    reason = models.CharField(max_length=16, choices=Reason.choices)
+    # Order of service: higher tier priority first, then the fair rank (see services).
+    priority = models.SmallIntegerField(default=0)
+    rank = models.BigIntegerField(default=0)
+    # Jobs of one lane (API key + feature) meet the same limits; a denial holds the lane.
+    lane = models.CharField(max_length=100)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.QUEUED)
+    idempotency_key = models.CharField(max_length=200, blank=True)
+    attempts = models.PositiveSmallIntegerField(default=0)
+    not_before = models.DateTimeField()
+    expires_at = models.DateTimeField()
+    claim_token = models.UUIDField(null=True, blank=True)
+    lease_until = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField()
+    # When the limiter admitted the last attempt (Redis time, milliseconds since the epoch).
+    admitted_at_ms = models.BigIntegerField(null=True, blank=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    response_status = models.PositiveSmallIntegerField(null=True, blank=True)
+    response_body = models.TextField(blank=True)
+    cost_usd = models.DecimalField(max_digits=20, decimal_places=12, null=True, blank=True)
+    error = models.JSONField(null=True, blank=True)  # the OpenAI-shaped error object
+    # Failed after its last attempt (or re-run by an admin from here).
+    dead_letter = models.BooleanField(default=False)
+    callback_url = models.URLField(max_length=2000, blank=True)
+    callback_status = models.CharField(
+        max_length=16, choices=Callback.choices, default=Callback.NONE, blank=True
+    )
+    callback_attempts = models.PositiveSmallIntegerField(default=0)
+    callback_error = models.CharField(max_length=300, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [
+            # The claim: best queued job first.
+            models.Index(
+                "priority",
+                "rank",
+                "created_at",
+                name="job_queue_order",
+                condition=Q(status="queued"),
+            ),
+            models.Index(fields=["org", "status"], name="job_org_status"),
+            models.Index(
+                fields=["lease_until"], name="job_running_lease", condition=Q(status="running")
+            ),
+        ]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["org", "idempotency_key"],
+                condition=~Q(idempotency_key=""),
+                name="job_idempotency_key_per_org",
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"job_{self.id.hex}"
+
+    @property
+    def public_id(self) -> str:
+        return f"job_{self.id.hex}"

@@ -1,0 +1,336 @@
+"""The job pump: claims queued jobs in order, admits them through the policy engine and
+runs their provider calls concurrently, on one asyncio loop inside one worker slot.
+
+* A job its limits do not admit yet goes back to its place in the queue, and its lane
+  (API key + feature: the same limits) is skipped until the limiter's ``retry`` time, so
+  capacity is used the moment it returns, without polling the limiter.
+* A pump keeps its slot only while jobs are in flight or capacity returns within
+  ``HAND_BACK_SECONDS``; otherwise it ends and the sweep (every second) wakes a new one.
+* Leases: a pump renews its running jobs every second; a job whose pump died is put back
+  by the sweep after ``TOLLGATE_JOB_LEASE_SECONDS`` and runs again. Its result is stored
+  only by the attempt that still owns the claim, and usage is recorded under the job's id,
+  so a job is charged and answered once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from decimal import Decimal
+from typing import Any
+
+from asgiref.sync import sync_to_async
+from django.conf import settings
+from django.db import close_old_connections
+
+from gateway.jobs import services
+from gateway.jobs.breaker import ProviderBreaker
+from gateway.jobs.models import Job
+from gateway.metrics import JOB_RUNS, JOB_WAIT, observe_request
+from gateway.proxy.app import Call, Prepared, ProxyApp
+from gateway.proxy.http import ProxyError
+from gateway.proxy.limits import Queued
+from gateway.redis import get_redis, key
+
+log = logging.getLogger(__name__)
+
+# Wait in the slot for capacity coming back sooner than this; hand the slot back otherwise.
+HAND_BACK_SECONDS = 2.0
+# Leases of in-flight jobs and of the pump's slot are renewed this often.
+RENEW_SECONDS = 1.0
+# A pump's slot outlives a dead pump by at most this long.
+SLOT_TTL_MS = 10_000
+RELEASE_SLOT = (
+    "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0"
+)
+RENEW_SLOT = (
+    "if redis.call('GET', KEYS[1]) == ARGV[1] then "
+    "return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end return 0"
+)
+# Provider failures worth another attempt (the provider's 429 and 5xx, timeouts).
+RETRIABLE = frozenset({429, 500, 502, 503, 504})
+
+db = sync_to_async(lambda fn, /, **kw: fn(**kw), thread_sensitive=True)
+
+
+async def _never_receive() -> dict[str, Any]:
+    await asyncio.Event().wait()
+    return {"type": "http.disconnect"}
+
+
+async def _no_send(message: dict[str, Any]) -> None:
+    raise RuntimeError("a job's answer is stored, never sent")
+
+
+def job_call(job: Job) -> Call:
+    """The stored request as the proxy's handlers see one."""
+    headers = {
+        name.encode(): value.encode("latin-1") for name, value in job.request_headers.items()
+    }
+    if job.feature:
+        headers[b"x-tollgate-feature"] = job.feature.encode()
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "path": f"/v1/{job.endpoint}",
+        "headers": list(headers.items()),
+    }
+    call = Call(scope, _never_receive, _no_send, headers, job.id.hex, time.perf_counter())
+    call.anthropic = job.endpoint == "messages"
+    call.job = True
+    return call
+
+
+def _error_of(exc: ProxyError) -> dict[str, Any]:
+    return {
+        "type": exc.error_type or ("rate_limit_exceeded" if exc.status == 429 else "job_failed"),
+        "code": exc.code,
+        "message": exc.message,
+        "status": exc.status,
+    }
+
+
+def _retry_after(exc: ProxyError) -> float | None:
+    for name, value in exc.headers:
+        if name.lower() == b"retry-after":
+            try:
+                return float(value)
+            except ValueError:
+                return None
+    return None
+
+
+class Slot:
+    """One of ``TOLLGATE_JOB_PUMPS`` pump slots, held in Redis with a TTL."""
+
+    def __init__(self) -> None:
+        self.token = uuid.uuid4().hex
+        self.name: str | None = None
+
+    def acquire(self) -> bool:
+        client = get_redis()
+        for i in range(settings.TOLLGATE_JOB_PUMPS):
+            name = key("jobs", "pump", str(i))
+            if client.set(name, self.token, nx=True, px=SLOT_TTL_MS):
+                self.name = name
+                return True
+        return False
+
+    def renew(self) -> None:
+        if self.name:
+            get_redis().eval(RENEW_SLOT, 1, self.name, self.token, SLOT_TTL_MS)
+
+    def release(self) -> None:
+        if self.name:
+            get_redis().eval(RELEASE_SLOT, 1, self.name, self.token)
+
+
+class Pump:
+    def __init__(self, slot: Slot) -> None:
+        self.slot = slot
+        self.app = ProxyApp()
+        self.breaker = ProviderBreaker()
+        self.inflight: dict[asyncio.Task[None], services.Claim] = {}
+        # Lanes and providers skipped until a monotonic time.
+        self.lanes: dict[str, float] = {}
+        self.providers: dict[int, float] = {}
+
+    async def run(self, seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        renewed = time.monotonic()
+        try:
+            while time.monotonic() < deadline:
+                now = time.monotonic()
+                if now - renewed >= RENEW_SECONDS:
+                    renewed = now
+                    await db(self._renew)
+                self.lanes = {k: t for k, t in self.lanes.items() if t > now}
+                self.providers = {k: t for k, t in self.providers.items() if t > now}
+                if len(self.inflight) >= settings.TOLLGATE_JOB_CONCURRENCY:
+                    await self._settle_some(RENEW_SECONDS)
+                    continue
+                claim = await db(
+                    services.job_claim,
+                    skip_lanes=list(self.lanes),
+                    skip_providers=list(self.providers),
+                )
+                if claim is not None:
+                    await self._start(claim)
+                    continue
+                wait = await self._next_work_in()
+                if wait is None and not self.inflight:
+                    return  # the queue is empty
+                if not self.inflight and wait is not None and wait > HAND_BACK_SECONDS:
+                    return  # nothing to do for a while: give the slot back
+                await self._settle_some(min(wait if wait is not None else 1.0, RENEW_SECONDS))
+        finally:
+            while self.inflight:
+                await self._settle_some(RENEW_SECONDS)
+                await db(self._renew)
+            await self.app.close()
+
+    def _renew(self) -> None:
+        services.jobs_renew(claims=list(self.inflight.values()))
+        self.slot.renew()
+
+    async def _next_work_in(self) -> float | None:
+        now = time.monotonic()
+        waits = [t - now for t in (*self.lanes.values(), *self.providers.values())]
+        queued = await db(
+            services.next_eligible_in,
+            skip_lanes=list(self.lanes),
+            skip_providers=list(self.providers),
+        )
+        if queued is not None:
+            waits.append(queued)
+        return max(min(waits), 0.001) if waits else None
+
+    async def _settle_some(self, timeout: float) -> None:
+        if self.inflight:
+            done, _ = await asyncio.wait(
+                self.inflight, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+            )
+            for task in done:
+                self.inflight.pop(task, None)
+                if not task.cancelled() and task.exception() is not None:
+                    log.error("job run failed", exc_info=task.exception())
+        else:
+            await asyncio.sleep(timeout)
+
+    async def _start(self, claim: services.Claim) -> None:
+        """Admit a claimed job (in order, on the pump's loop) and start its provider call."""
+        job = claim.job
+        call = job_call(job)
+        catalog = await self.app.catalog.get()
+        api_key = catalog.keys_by_id.get(job.api_key_id or 0)
+        if api_key is None:
+            error = ProxyError(
+                401,
+                "The API key that queued this job was revoked or has expired.",
+                code="invalid_api_key",
+            )
+            await self._fail(claim, call, error)
+            return
+        call.key = api_key
+        call.event.org_id = api_key.org_id
+        call.event.api_key_id = api_key.id
+        try:
+            prepared = self.app.prepare(job.endpoint, call, catalog, api_key, dict(job.request))
+        except ProxyError as exc:  # the model or feature changed since the job was queued
+            await self._fail(claim, call, exc)
+            return
+        assert call.model is not None
+        provider = call.model.provider.id
+        allowed, wait = await self.breaker.allow(provider)
+        if not allowed:
+            self.providers[provider] = time.monotonic() + max(wait, 0.05)
+            await db(services.job_release, claim=claim)
+            return
+        try:
+            await self.app.gate.admit(
+                call,
+                catalog,
+                api_key,
+                input_tokens=prepared.estimate.input_tokens,
+                max_tokens=prepared.max_tokens,
+            )
+        except Queued as queued:
+            self.lanes[job.lane] = time.monotonic() + max(queued.retry_seconds, 0.001)
+            await db(services.job_release, claim=claim)
+            return
+        except ProxyError as exc:
+            if exc.status == 503:  # the limiter's store is down and a limit fails closed
+                self.lanes[job.lane] = time.monotonic() + 1.0
+                await db(services.job_release, claim=claim)
+            else:  # this call alone exceeds a whole limit: it can never run
+                await self._fail(claim, call, exc)
+            return
+        admitted_ms = call.admitted_ms or int(time.time() * 1000)
+        if not await db(services.job_admitted, claim=claim, admitted_at_ms=admitted_ms):
+            await self.app.gate.settle(call, tokens=0, cost_usd=Decimal(0))
+            return
+        JOB_WAIT.labels(str(job.priority)).observe(
+            max(admitted_ms / 1000 - job.created_at.timestamp(), 0.0)
+        )
+        task = asyncio.get_running_loop().create_task(self._call(claim, call, prepared, provider))
+        self.inflight[task] = claim
+
+    async def _call(
+        self, claim: services.Claim, call: Call, prepared: Prepared, provider: int
+    ) -> None:
+        job = claim.job
+        attempt = job.attempts + 1
+        finished = False
+        try:
+            try:
+                await self.app.relay(call, prepared)
+            except ProxyError as exc:
+                upstream = exc.outcome == "upstream_error"
+                if upstream and exc.status >= 500:
+                    await self.breaker.failure(provider)
+                retriable = upstream and exc.status in RETRIABLE
+                call.event.status_code = exc.status
+                call.event.outcome = exc.outcome
+                call.event.error = exc.message[:300]
+                if retriable and attempt < settings.TOLLGATE_JOB_MAX_ATTEMPTS:
+                    delay = services.retry_delay(attempt, _retry_after(exc))
+                    await db(services.job_retry, claim=claim, delay=delay, error=_error_of(exc))
+                    JOB_RUNS.labels("retried").inc()
+                    return
+                finished = await db(
+                    services.job_finish,
+                    claim=claim,
+                    status=Job.Status.FAILED,
+                    response_status=exc.status,
+                    response_body=exc.render(call.anthropic).decode(),
+                    error=_error_of(exc),
+                    dead_letter=retriable,
+                )
+                JOB_RUNS.labels("dead_letter" if retriable else "failed").inc()
+                return
+            await self.breaker.success(provider)
+            assert call.plain is not None
+            status, data, cost = call.plain
+            finished = await db(
+                services.job_finish,
+                claim=claim,
+                status=Job.Status.SUCCEEDED,
+                response_status=status,
+                response_body=data.decode("utf-8", "replace"),
+                cost_usd=cost,
+            )
+            JOB_RUNS.labels("succeeded").inc()
+        finally:
+            call.event.overhead_ms = None
+            tokens = call.event.input_tokens + call.event.output_tokens
+            await self.app.gate.settle(call, tokens=tokens, cost_usd=Decimal(call.event.cost_usd))
+            if finished:
+                observe_request(call.event, org=call.key.org_slug if call.key else "")
+                await self.app.recorder.record(call.event)
+
+    async def _fail(self, claim: services.Claim, call: Call, exc: ProxyError) -> None:
+        await db(
+            services.job_finish,
+            claim=claim,
+            status=Job.Status.FAILED,
+            response_status=exc.status,
+            response_body=exc.render(call.anthropic).decode(),
+            error=_error_of(exc),
+        )
+        JOB_RUNS.labels("failed").inc()
+
+
+def pump_run() -> None:
+    """One pump, if a slot is free and jobs wait (the body of the ``jobs_pump`` task)."""
+    if not services.jobs_waiting():
+        return
+    slot = Slot()
+    if not slot.acquire():
+        return  # enough pumps run already
+    try:
+        asyncio.run(Pump(slot).run(settings.TOLLGATE_JOB_PUMP_SECONDS))
+    finally:
+        slot.release()
+        close_old_connections()

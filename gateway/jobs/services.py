@@ -1,0 +1,323 @@
+"""Job lifecycle: accept, claim, admit, retry, finish, cancel, expire, re-run.
+
+Every state change is one conditional UPDATE (``status`` and the claim token in its WHERE),
+so two workers never run the same attempt and a stale worker cannot overwrite a result.
+
+Order of service: ``priority`` (the org's tier) first; within a priority, ``rank``, a
+virtual start time: an org's next job is ranked after its own earlier jobs but never before
+the head of the queue. A burst of one org therefore interleaves with jobs other orgs queue
+meanwhile instead of starving them (start-time fair queueing).
+"""
+
+from __future__ import annotations
+
+import random
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+from django.conf import settings
+from django.db import IntegrityError, connection, transaction
+from django.utils import timezone
+
+from gateway.jobs.models import Job
+
+
+@dataclass(frozen=True)
+class NewJob:
+    org_id: int
+    api_key_id: int
+    priority: int
+    feature: str
+    endpoint: str
+    model: str
+    provider_id: int | None
+    request: dict[str, Any]
+    request_headers: dict[str, str]
+    reason: str
+    callback_url: str = ""
+    idempotency_key: str = ""
+    max_age_seconds: int | None = None
+
+
+def _fair_rank(cursor: Any, *, org_id: int, priority: int) -> int:
+    cursor.execute(
+        """
+        SELECT GREATEST(
+            COALESCE((SELECT MAX(rank) FROM gateway_job
+                      WHERE org_id = %s AND priority = %s AND status IN ('queued', 'running')), 0),
+            COALESCE((SELECT MIN(rank) FROM gateway_job
+                      WHERE priority = %s AND status = 'queued'), 1) - 1
+        ) + 1
+        """,
+        [org_id, priority, priority],
+    )
+    return int(cursor.fetchone()[0])
+
+
+def job_create(*, new: NewJob) -> tuple[Job, bool]:
+    """Accept a job; with an idempotency key already used by the org, the earlier job."""
+    if new.idempotency_key:
+        earlier = Job.objects.filter(org_id=new.org_id, idempotency_key=new.idempotency_key)
+        found = earlier.first()
+        if found is not None:
+            return found, False
+    now = timezone.now()
+    max_age = settings.TOLLGATE_JOB_MAX_AGE_SECONDS
+    if new.max_age_seconds is not None:
+        max_age = min(max_age, new.max_age_seconds)
+    try:
+        with transaction.atomic():
+            with connection.cursor() as cursor:
+                rank = _fair_rank(cursor, org_id=new.org_id, priority=new.priority)
+            job = Job.objects.create(
+                org_id=new.org_id,
+                api_key_id=new.api_key_id,
+                feature=new.feature,
+                endpoint=new.endpoint,
+                model=new.model,
+                provider_id=new.provider_id,
+                request=new.request,
+                request_headers=new.request_headers,
+                reason=new.reason,
+                priority=new.priority,
+                rank=rank,
+                lane=f"{new.api_key_id}:{new.feature}",
+                idempotency_key=new.idempotency_key,
+                callback_url=new.callback_url,
+                not_before=now,
+                expires_at=now + timedelta(seconds=max_age),
+                created_at=now,
+            )
+    except IntegrityError:
+        # The same idempotency key, accepted meanwhile by another request.
+        return Job.objects.get(org_id=new.org_id, idempotency_key=new.idempotency_key), False
+    return job, True
+
+
+def job_cancel(*, job: Job) -> bool:
+    """Cancel a queued job; False when it already runs or finished."""
+    changed = Job.objects.filter(pk=job.pk, status=Job.Status.QUEUED).update(
+        status=Job.Status.CANCELLED, finished_at=timezone.now()
+    )
+    if changed:
+        _after_finish([job.pk])
+    job.refresh_from_db()
+    return bool(changed)
+
+
+# --- the worker's side -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Claim:
+    job: Job
+    token: uuid.UUID
+
+
+def job_claim(*, skip_lanes: list[str], skip_providers: list[int]) -> Claim | None:
+    """Take the best queued job that may run now, atomically (SKIP LOCKED)."""
+    token = uuid.uuid4()
+    lease = settings.TOLLGATE_JOB_LEASE_SECONDS
+    with connection.cursor() as cursor:
+        cursor.execute(
+            """
+            UPDATE gateway_job SET status = 'running', claim_token = %s,
+                   lease_until = now() + make_interval(secs => %s)
+            WHERE id = (
+                SELECT id FROM gateway_job
+                WHERE status = 'queued' AND not_before <= now() AND expires_at > now()
+                  AND NOT (lane = ANY(%s))
+                  AND (provider_id IS NULL OR NOT (provider_id = ANY(%s)))
+                ORDER BY priority DESC, rank, created_at
+                FOR UPDATE SKIP LOCKED
+                LIMIT 1)
+            RETURNING id
+            """,
+            [token, lease, skip_lanes, skip_providers],
+        )
+        row = cursor.fetchone()
+    if row is None:
+        return None
+    return Claim(Job.objects.get(pk=row[0]), token)
+
+
+def _mine(claim: Claim) -> Any:
+    return Job.objects.filter(pk=claim.job.pk, claim_token=claim.token, status=Job.Status.RUNNING)
+
+
+def job_release(*, claim: Claim) -> None:
+    """Not admitted yet: back to the queue, keeping its place."""
+    _mine(claim).update(status=Job.Status.QUEUED, claim_token=None, lease_until=None)
+
+
+def job_admitted(*, claim: Claim, admitted_at_ms: int) -> bool:
+    """The limiter admitted this attempt; False if the claim was lost meanwhile."""
+    return bool(
+        _mine(claim).update(
+            admitted_at_ms=admitted_at_ms,
+            attempts=claim.job.attempts + 1,
+            started_at=timezone.now(),
+        )
+    )
+
+
+def retry_delay(attempt: int, retry_after: float | None) -> float:
+    """Exponential backoff with jitter (half fixed, half random); never before the
+    provider's Retry-After."""
+    ceiling = min(
+        settings.TOLLGATE_JOB_RETRY_MAX_SECONDS,
+        settings.TOLLGATE_JOB_RETRY_BASE_SECONDS * 2 ** max(attempt - 1, 0),
+    )
+    delay = ceiling / 2 + random.uniform(0, ceiling / 2)
+    return max(delay, retry_after or 0.0)
+
+
+def job_retry(*, claim: Claim, delay: float, error: dict[str, Any]) -> bool:
+    return bool(
+        _mine(claim).update(
+            status=Job.Status.QUEUED,
+            claim_token=None,
+            lease_until=None,
+            not_before=timezone.now() + timedelta(seconds=delay),
+            error=error,
+        )
+    )
+
+
+def job_finish(
+    *,
+    claim: Claim,
+    status: str,
+    response_status: int | None = None,
+    response_body: str = "",
+    cost_usd: Decimal | None = None,
+    error: dict[str, Any] | None = None,
+    dead_letter: bool = False,
+) -> bool:
+    """Store the result once; False when another worker's attempt owns the job now."""
+    with transaction.atomic():
+        changed = _mine(claim).update(
+            status=status,
+            response_status=response_status,
+            response_body=response_body,
+            cost_usd=cost_usd,
+            error=error,
+            dead_letter=dead_letter,
+            finished_at=timezone.now(),
+            claim_token=None,
+            lease_until=None,
+        )
+        if changed:
+            _after_finish([claim.job.pk])
+    return bool(changed)
+
+
+def jobs_renew(*, claims: list[Claim]) -> None:
+    """Extend the leases of jobs still in flight in this worker."""
+    if not claims:
+        return
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "UPDATE gateway_job SET lease_until = now() + make_interval(secs => %s) "
+            "WHERE status = 'running' AND claim_token = ANY(%s)",
+            [settings.TOLLGATE_JOB_LEASE_SECONDS, [c.token for c in claims]],
+        )
+
+
+def jobs_sweep() -> tuple[int, int]:
+    """Expire queued jobs past their age; put back jobs whose worker died (lease over)."""
+    now = timezone.now()
+    with transaction.atomic():
+        expired = list(
+            Job.objects.filter(status=Job.Status.QUEUED, expires_at__lte=now)
+            .select_for_update(skip_locked=True)
+            .values_list("pk", flat=True)[:1000]
+        )
+        if expired:
+            Job.objects.filter(pk__in=expired).update(
+                status=Job.Status.EXPIRED,
+                finished_at=now,
+                error={
+                    "type": "job_expired",
+                    "code": "job_expired",
+                    "message": "The job was not started before its maximum age.",
+                },
+            )
+            _after_finish(expired)
+    requeued = Job.objects.filter(status=Job.Status.RUNNING, lease_until__lt=now).update(
+        status=Job.Status.QUEUED, claim_token=None, lease_until=None
+    )
+    return len(expired), requeued
+
+
+def next_eligible_in(*, skip_lanes: list[str], skip_providers: list[int]) -> float | None:
+    """Seconds until a queued job (outside the skipped lanes) may run; None if none waits."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            """
+            SELECT EXTRACT(EPOCH FROM (MIN(not_before) - now())) FROM gateway_job
+            WHERE status = 'queued' AND expires_at > now() AND NOT (lane = ANY(%s))
+              AND (provider_id IS NULL OR NOT (provider_id = ANY(%s)))
+            """,
+            [skip_lanes, skip_providers],
+        )
+        value = cursor.fetchone()[0]
+    return None if value is None else max(float(value), 0.0)
+
+
+def jobs_waiting() -> bool:
+    return Job.objects.filter(status=Job.Status.QUEUED).exists()
+
+
+def job_rerun(*, job: Job) -> bool:
+    """Queue a failed, expired or cancelled job again, as a new job would be (admin)."""
+    now = timezone.now()
+    with transaction.atomic():
+        with connection.cursor() as cursor:
+            rank = _fair_rank(cursor, org_id=job.org_id, priority=job.priority)
+        changed = Job.objects.filter(
+            pk=job.pk,
+            status__in=(Job.Status.FAILED, Job.Status.EXPIRED, Job.Status.CANCELLED),
+        ).update(
+            status=Job.Status.QUEUED,
+            rank=rank,
+            attempts=0,
+            dead_letter=False,
+            error=None,
+            response_status=None,
+            response_body="",
+            cost_usd=None,
+            not_before=now,
+            expires_at=now + timedelta(seconds=settings.TOLLGATE_JOB_MAX_AGE_SECONDS),
+            admitted_at_ms=None,
+            started_at=None,
+            finished_at=None,
+            callback_status=Job.Callback.NONE,
+            callback_attempts=0,
+            callback_error="",
+        )
+    return bool(changed)
+
+
+def _after_finish(job_ids: list[Any]) -> None:
+    """A finished job with a callback URL gets its webhook (sent after the commit)."""
+    pending = list(
+        Job.objects.filter(pk__in=job_ids)
+        .exclude(callback_url="")
+        .exclude(callback_status=Job.Callback.DELIVERED)
+        .values_list("pk", flat=True)
+    )
+    if not pending:
+        return
+    Job.objects.filter(pk__in=pending).update(callback_status=Job.Callback.PENDING)
+    from gateway.jobs.tasks import job_callback
+
+    for pk in pending:
+        transaction.on_commit(lambda pk=pk: job_callback.delay(str(pk)))
+
+
+def unix(moment: datetime | None) -> int | None:
+    return int(moment.timestamp()) if moment is not None else None
