@@ -38,10 +38,10 @@ log = logging.getLogger(__name__)
 
 # Wait in the slot for capacity coming back sooner than this; hand the slot back otherwise.
 HAND_BACK_SECONDS = 2.0
+# When one held lane opens, lanes due within this many seconds open with it.
+LANE_SLACK = 0.05
 # Leases of in-flight jobs and of the pump's slot are renewed this often.
 RENEW_SECONDS = 1.0
-# A pump's slot outlives a dead pump by at most this long.
-SLOT_TTL_MS = 10_000
 RELEASE_SLOT = (
     "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0"
 )
@@ -108,19 +108,21 @@ class Slot:
     def __init__(self) -> None:
         self.token = uuid.uuid4().hex
         self.name: str | None = None
+        # The slot of a pump whose worker died frees up after a job lease.
+        self.ttl_ms = int(settings.TOLLGATE_JOB_LEASE_SECONDS * 1000)
 
     def acquire(self) -> bool:
         client = get_redis()
         for i in range(settings.TOLLGATE_JOB_PUMPS):
             name = key("jobs", "pump", str(i))
-            if client.set(name, self.token, nx=True, px=SLOT_TTL_MS):
+            if client.set(name, self.token, nx=True, px=self.ttl_ms):
                 self.name = name
                 return True
         return False
 
     def renew(self) -> None:
         if self.name:
-            get_redis().eval(RENEW_SLOT, 1, self.name, self.token, SLOT_TTL_MS)
+            get_redis().eval(RENEW_SLOT, 1, self.name, self.token, self.ttl_ms)
 
     def release(self) -> None:
         if self.name:
@@ -140,13 +142,17 @@ class Pump:
     async def run(self, seconds: float) -> None:
         deadline = time.monotonic() + seconds
         renewed = time.monotonic()
+        await db(close_old_connections)  # a connection from before a Postgres restart
         try:
             while time.monotonic() < deadline:
                 now = time.monotonic()
                 if now - renewed >= RENEW_SECONDS:
                     renewed = now
                     await db(self._renew)
-                self.lanes = {k: t for k, t in self.lanes.items() if t > now}
+                # Lanes held by one shared limit open together, so the claim's order
+                # (priority, then fair rank) decides among them, not a microsecond.
+                horizon = now + LANE_SLACK if any(t <= now for t in self.lanes.values()) else now
+                self.lanes = {k: t for k, t in self.lanes.items() if t > horizon}
                 self.providers = {k: t for k, t in self.providers.items() if t > now}
                 if len(self.inflight) >= settings.TOLLGATE_JOB_CONCURRENCY:
                     await self._settle_some(RENEW_SECONDS)
