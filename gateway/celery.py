@@ -52,6 +52,12 @@ app.conf.beat_schedule = {
         "schedule": 1.0,
         "options": {"expires": 2},
     },
+    # Finished jobs past their retention.
+    "jobs-purge": {
+        "task": "gateway.jobs.tasks.jobs_purge",
+        "schedule": 3600.0,
+        "options": {"expires": 600},
+    },
     # Engine events (threshold crossings) into the audit trail.
     "audit-flush-events": {
         "task": "audit.tasks.flush_events",

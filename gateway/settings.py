@@ -264,6 +264,8 @@ TOLLGATE_PROVIDER_BREAKER_FAILURES = env.int("TOLLGATE_PROVIDER_BREAKER_FAILURES
 TOLLGATE_PROVIDER_BREAKER_SECONDS = env.float(
     "TOLLGATE_PROVIDER_BREAKER_SECONDS", 30.0, minimum=0.1
 )
+# Finished jobs (and their answers) are kept this many days, then deleted.
+TOLLGATE_JOB_RETENTION_DAYS = env.int("TOLLGATE_JOB_RETENTION_DAYS", 7, minimum=1)
 # Job callbacks: attempts per result and the timeout of each.
 TOLLGATE_JOB_CALLBACK_ATTEMPTS = env.int("TOLLGATE_JOB_CALLBACK_ATTEMPTS", 5, minimum=1)
 TOLLGATE_JOB_CALLBACK_TIMEOUT = env.float("TOLLGATE_JOB_CALLBACK_TIMEOUT", 10.0, minimum=0.1)

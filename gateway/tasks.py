@@ -17,6 +17,6 @@ def usage_flush() -> int:
 
 
 # The burst queue's tasks live beside its code.
-from gateway.jobs.tasks import job_callback, jobs_pump, jobs_sweep  # noqa: E402
+from gateway.jobs.tasks import job_callback, jobs_pump, jobs_purge, jobs_sweep  # noqa: E402
 
-__all__ = ["job_callback", "jobs_pump", "jobs_sweep", "usage_flush"]
+__all__ = ["job_callback", "jobs_pump", "jobs_purge", "jobs_sweep", "usage_flush"]

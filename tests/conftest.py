@@ -26,7 +26,7 @@ from policies.models import Feature, Membership, Organization, Tier
 BASE_DIR = Path(__file__).resolve().parent.parent
 
 # The proxy's fixtures (a fake provider, a gateway process) serve several test packages.
-pytest_plugins = ["tests.proxy_fixtures"]
+pytest_plugins = ["tests.proxy_fixtures", "tests.job_fixtures"]
 
 
 def _flush_past_the_audit_trigger() -> None:

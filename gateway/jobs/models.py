@@ -86,6 +86,10 @@ class Job(models.Model):
                 condition=Q(status="queued"),
             ),
             models.Index(fields=["org", "status"], name="job_org_status"),
+            # Recent admissions (the drain rate behind wait estimates).
+            models.Index(fields=["admitted_at_ms"], name="job_admitted"),
+            # Finished jobs past their retention are deleted.
+            models.Index(fields=["finished_at"], name="job_finished"),
             models.Index(
                 fields=["lease_until"], name="job_running_lease", condition=Q(status="running")
             ),

@@ -21,12 +21,12 @@ import uuid
 from decimal import Decimal
 from typing import Any
 
-from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.db import close_old_connections
 
 from gateway.jobs import services
 from gateway.jobs.breaker import ProviderBreaker
+from gateway.jobs.db import db_call as db
 from gateway.jobs.models import Job
 from gateway.metrics import JOB_RUNS, JOB_WAIT, observe_request
 from gateway.proxy.app import Call, Prepared, ProxyApp
@@ -51,8 +51,6 @@ RENEW_SLOT = (
 )
 # Provider failures worth another attempt (the provider's 429 and 5xx, timeouts).
 RETRIABLE = frozenset({429, 500, 502, 503, 504})
-
-db = sync_to_async(lambda fn, /, **kw: fn(**kw), thread_sensitive=True)
 
 
 async def _never_receive() -> dict[str, Any]:
@@ -142,7 +140,6 @@ class Pump:
     async def run(self, seconds: float) -> None:
         deadline = time.monotonic() + seconds
         renewed = time.monotonic()
-        await db(close_old_connections)  # a connection from before a Postgres restart
         try:
             while time.monotonic() < deadline:
                 now = time.monotonic()

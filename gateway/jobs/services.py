@@ -253,6 +253,18 @@ def jobs_sweep() -> tuple[int, int]:
     return len(expired), requeued
 
 
+def jobs_purge(*, batch: int = 5000) -> int:
+    """Delete finished jobs older than TOLLGATE_JOB_RETENTION_DAYS; returns how many."""
+    cutoff = timezone.now() - timedelta(days=settings.TOLLGATE_JOB_RETENTION_DAYS)
+    total = 0
+    while True:
+        old = Job.objects.filter(status__in=Job.FINISHED, finished_at__lt=cutoff)
+        ids = list(old.values_list("pk", flat=True)[:batch])
+        if not ids:
+            return total
+        total += Job.objects.filter(pk__in=ids).delete()[0]
+
+
 def next_eligible_in(*, skip_lanes: list[str], skip_providers: list[int]) -> float | None:
     """Seconds until a queued job (outside the skipped lanes) may run; None if none waits."""
     with connection.cursor() as cursor:

@@ -50,6 +50,13 @@ def jobs_sweep() -> None:
         jobs_pump.apply_async()
 
 
+@shared_task(ignore_result=True, acks_late=False)
+def jobs_purge() -> int:
+    from gateway.jobs.services import jobs_purge as purge
+
+    return purge()
+
+
 @shared_task(bind=True, ignore_result=True, max_retries=None)
 def job_callback(self, job_id: str) -> str:  # type: ignore[no-untyped-def]
     from gateway.jobs.callbacks import job_callback_deliver

@@ -13,8 +13,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from asgiref.sync import sync_to_async
+from django.db import DatabaseError
 
+from gateway.jobs.db import db_call
 from gateway.proxy.http import ProxyError, send_response
 
 if TYPE_CHECKING:
@@ -112,7 +113,21 @@ def _accept(new: Any) -> tuple[dict[str, Any], bool]:
     job, created = job_create(new=new)
     if created:
         jobs_kick()
-    return job_json(job), created
+    # The place in the queue costs two counts; GET /v1/jobs/{id} tells it.
+    return job_json(job, with_position=False), created
+
+
+async def _jobs_db(fn: Any, **kwargs: Any) -> Any:
+    try:
+        return await db_call(fn, **kwargs)
+    except DatabaseError:
+        raise ProxyError(
+            503,
+            "The job store (PostgreSQL) is unavailable; try again shortly.",
+            code="job_store_unavailable",
+            outcome="upstream_error",
+            headers=[(b"retry-after", b"1")],
+        ) from None
 
 
 def _show(org_id: int, public_id: str) -> dict[str, Any] | None:
@@ -174,7 +189,7 @@ class JobEndpoints:
             idempotency_key=options.idempotency_key,
             max_age_seconds=options.max_age_seconds,
         )
-        body, _created = await sync_to_async(_accept)(new)
+        body, _created = await _jobs_db(_accept, new=new)
         call.event.outcome = "queued"
         call.event.status_code = 202
         headers = [
@@ -200,7 +215,7 @@ class JobEndpoints:
     async def show(self, call: Call) -> None:
         _catalog, key = await self.app.authenticate(call)
         public_id = self._public_id(call)
-        body = await sync_to_async(_show)(key.org_id, public_id)
+        body = await _jobs_db(_show, org_id=key.org_id, public_id=public_id)
         if body is None:
             raise self._not_found(public_id)
         call.event.status_code = 200
@@ -211,7 +226,7 @@ class JobEndpoints:
     async def cancel(self, call: Call) -> None:
         _catalog, key = await self.app.authenticate(call)
         public_id = self._public_id(call)
-        body, cancelled = await sync_to_async(_cancel)(key.org_id, public_id)
+        body, cancelled = await _jobs_db(_cancel, org_id=key.org_id, public_id=public_id)
         if body is None:
             raise self._not_found(public_id)
         if not cancelled:

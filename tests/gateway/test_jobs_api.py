@@ -38,7 +38,6 @@ def test_prefer_respond_async_accepts_the_call_as_a_job(proxy: Setup) -> None:
     assert body["reason"] == "requested"
     assert body["endpoint"] == "/v1/chat/completions"
     assert body["model"] == "gpt-test"
-    assert body["position"] == 0
     assert response.headers["location"] == f"/v1/jobs/{body['id']}"
     assert response.headers["preference-applied"] == "respond-async"
     job = Job.objects.get()

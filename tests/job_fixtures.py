@@ -1,0 +1,59 @@
+"""Fixtures for the burst queue: a Celery worker with beat on the session gateway's
+database and Redis, and waiting for jobs."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from gateway.jobs.models import Job
+from gateway.redis import get_redis
+from tests.proxy_fixtures import GATEWAY_PREFIX, _database_url
+
+
+def wait_for(check: Callable[[], Any], timeout: float = 30.0, what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def finished(count: int) -> Callable[[], bool]:
+    return lambda: Job.objects.filter(status__in=Job.FINISHED).count() >= count
+
+
+@pytest.fixture
+def worker(start_worker, tmp_path) -> Callable[..., Any]:  # type: ignore[no-untyped-def]
+    """Start a Celery worker with beat on the session gateway's database and Redis."""
+    client = get_redis()
+    stale = list(client.scan_iter(f"{GATEWAY_PREFIX}:jobs:*"))
+    stale += list(client.scan_iter(f"{GATEWAY_PREFIX}:breaker:*"))
+    if stale:
+        client.delete(*stale)
+
+    def start(**env: str) -> Any:
+        settings = {
+            "DATABASE_URL": _database_url(),
+            "TOLLGATE_REDIS_PREFIX": GATEWAY_PREFIX,
+            "TOLLGATE_JOB_RETRY_BASE_SECONDS": "0.2",
+            "TOLLGATE_JOB_RETRY_MAX_SECONDS": "1",
+            **env,
+        }
+        return start_worker(
+            "--pool",
+            "prefork",
+            "--concurrency",
+            "3",
+            "--beat",
+            "--schedule",
+            str(tmp_path / f"beat-{time.monotonic_ns()}"),
+            **settings,
+        )
+
+    return start
