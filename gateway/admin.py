@@ -10,6 +10,9 @@ from django.core.exceptions import PermissionDenied
 from django.http import HttpRequest
 from django.template.response import TemplateResponse
 
+from audit.services import audit_record
+from gateway.jobs import admin as jobs_admin  # noqa: F401 - registers the job admin
+from gateway.jobs.breaker import breaker_reset, breaker_states
 from gateway.models import LlmModel, Provider, UsageReport, UsageRollup
 from gateway.params import FilterError
 from gateway.usage_report import (
@@ -57,9 +60,34 @@ class ProviderForm(forms.ModelForm):  # type: ignore[type-arg]
 class ProviderAdmin(OrgScopedAdmin):
     form = ProviderForm
     shared_rows = True
-    list_display = ["name", "kind", "base_url", "org", "has_api_key", "is_active"]
+    list_display = ["name", "kind", "base_url", "org", "has_api_key", "is_active", "breaker"]
     list_filter = ["kind", "is_active"]
     search_fields = ["name", "base_url"]
+    actions = ["close_breaker"]
+
+    @admin.display(description="circuit breaker")
+    def breaker(self, obj: Provider) -> str:
+        try:
+            state = breaker_states([obj.pk])[obj.pk]
+        except Exception:  # Redis down: shown, not raised
+            return "unknown (Redis unreachable)"
+        if state["state"] == "open":
+            return f"open ({state['failures']} failures; probe in {state['retry_in_seconds']}s)"
+        if state["state"] == "half_open":
+            return "half-open (probing)"
+        return "closed"
+
+    def has_close_breaker_permission(self, request: HttpRequest) -> bool:
+        return request_scope(request).is_global
+
+    @admin.action(
+        permissions=["close_breaker"], description="Close the circuit breaker (jobs call again)"
+    )
+    def close_breaker(self, request: HttpRequest, queryset: Any) -> None:
+        for provider in queryset:
+            breaker_reset(provider.pk)
+            audit_record(action="provider.breaker_closed", target=provider)
+        self.message_user(request, f"{queryset.count()} breaker(s) closed.")
 
     @admin.display(boolean=True, description="API key set")
     def has_api_key(self, obj: Provider) -> bool:

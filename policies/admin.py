@@ -40,8 +40,16 @@ class OrganizationAdmin(OrgScopedAdmin):
     list_filter = ["tier", "is_active"]
     search_fields = ["name", "slug"]
     prepopulated_fields = {"slug": ["name"]}
-    readonly_fields = [tier_default_limits]  # type: ignore[list-item]
+    readonly_fields = [tier_default_limits, "job_callback_secret"]  # type: ignore[list-item]
     inlines = [OrgLimitInline]
+
+    @admin.display(description="job callback signing secret")
+    def job_callback_secret(self, obj: Organization) -> str:
+        if obj.pk is None:
+            return "-"
+        from gateway.jobs.callbacks import callback_secret
+
+        return callback_secret(obj.pk)
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Organization]:
         return request_scope(request).orgs().select_related("tier")

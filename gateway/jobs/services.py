@@ -22,6 +22,7 @@ from django.conf import settings
 from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
+from audit.services import audit_record
 from gateway.jobs.models import Job
 
 
@@ -311,6 +312,12 @@ def job_rerun(*, job: Job) -> bool:
             callback_attempts=0,
             callback_error="",
         )
+        if changed:
+            audit_record(
+                action="job.rerun",
+                target=job,
+                changes={"status": [job.status, Job.Status.QUEUED]},
+            )
     return bool(changed)
 
 
