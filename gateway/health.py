@@ -12,6 +12,7 @@ from typing import Any, cast
 import psycopg
 import redis
 from django.conf import settings
+from django.db import connection
 from django.http import HttpRequest, JsonResponse
 from kombu import Connection
 
@@ -128,7 +129,10 @@ def provider_breakers() -> dict[str, Any]:
     from gateway.jobs.breaker import breaker_states
     from gateway.models import Provider
 
-    providers = dict(Provider.objects.filter(is_active=True).values_list("pk", "name"))
+    try:
+        providers = dict(Provider.objects.filter(is_active=True).values_list("pk", "name"))
+    finally:
+        connection.close()  # this runs on a pool thread: keep no connection there
     states = breaker_states(list(providers))
     return {providers[pid]: state for pid, state in states.items()}
 
