@@ -12,16 +12,22 @@ requests per second (action ``queue``) to the fake provider.
 
 from __future__ import annotations
 
-import argparse
-import asyncio
-import json
-import random
+import os
 import sys
-import time
-import urllib.request
 
-import aiohttp
-from common import BASE_DIR, django_setup, percentile, start, stop
+# This file is named like the standard library's `queue`: look there first, here last.
+_HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path = [p for p in sys.path if os.path.abspath(p or ".") != _HERE] + [_HERE]
+
+import argparse  # noqa: E402
+import asyncio  # noqa: E402
+import json  # noqa: E402
+import random  # noqa: E402
+import time  # noqa: E402
+import urllib.request  # noqa: E402
+
+import aiohttp  # noqa: E402
+from common import BASE_DIR, django_setup, percentile, start, stop  # noqa: E402
 
 RABBITMQ = "amqp://guest:guest@127.0.0.1:5672//"
 
@@ -109,6 +115,38 @@ def wait_ready(url: str, key: str) -> None:
     raise SystemExit("the gateway never served the bench keys")
 
 
+def cpu_by_component(worker_pid: int, upstream_pid: int) -> dict[str, float]:
+    """CPU seconds so far of the worker (all its processes), the fake provider, PostgreSQL
+    and Redis."""
+    import psutil
+
+    def seconds(procs: list[psutil.Process]) -> float:
+        total = 0.0
+        for proc in procs:
+            try:
+                times = proc.cpu_times()
+                total += times.user + times.system
+            except psutil.Error:
+                pass
+        return total
+
+    worker = psutil.Process(worker_pid)
+    found = {"worker": [worker, *worker.children(recursive=True)]}
+    found["provider"] = [psutil.Process(upstream_pid)]
+    for proc in psutil.process_iter(["name"]):
+        name = proc.info["name"] or ""
+        if name.startswith("postgres"):
+            found.setdefault("postgres", []).append(proc)
+        elif name.startswith("redis-server"):
+            found.setdefault("redis", []).append(proc)
+    return {name: seconds(procs) for name, procs in found.items()}
+
+
+def upstream_count(upstream: str) -> int:
+    with urllib.request.urlopen(f"{upstream}/_control") as response:  # noqa: S310 - local
+        return int(json.loads(response.read())["requests"])
+
+
 def most_in_any_second(times_ms: list[int]) -> int:
     best, first = 0, 0
     for last, t in enumerate(times_ms):
@@ -126,6 +164,7 @@ def main() -> None:
     parser.add_argument("--latency-ms", type=float, default=20.0, help="provider latency")
     parser.add_argument("--concurrency", type=int, default=64, help="submitting connections")
     parser.add_argument("--broker", choices=["redis", "rabbitmq"], default="redis")
+    parser.add_argument("--pumps", type=int, default=1, help="TOLLGATE_JOB_PUMPS")
     parser.add_argument("--timeout", type=float, default=600.0)
     args = parser.parse_args()
 
@@ -175,6 +214,7 @@ def main() -> None:
     try:
         wait_ready(url, free_key)
         wait_ready(url, premium_key)
+        baseline = upstream_count(upstream)  # readiness probes
         rng = random.Random(8)
         keys = [premium_key if rng.random() < args.premium else free_key for _ in range(args.jobs)]
         started = time.perf_counter()
@@ -199,21 +239,22 @@ def main() -> None:
                 "--schedule",
                 str(logs / "queue-beat-schedule"),
             ],
-            env=env,
+            env={**env, "TOLLGATE_JOB_PUMPS": str(args.pumps)},
             log=logs / "queue-worker.log",
         )
         procs.append(worker)
+        cpu_before = cpu_by_component(worker.pid, procs[0].pid)
         drain_started = time.perf_counter()
         deadline = time.monotonic() + args.timeout
         active = ("queued", "running")
         while Job.objects.filter(status__in=active).exists() and time.monotonic() < deadline:
             time.sleep(0.5)
         drain_seconds = time.perf_counter() - drain_started
+        cpu_after = cpu_by_component(worker.pid, procs[0].pid)
         jobs = list(
             Job.objects.values("status", "priority", "attempts", "admitted_at_ms", "created_at")
         )
-        with urllib.request.urlopen(f"{upstream}/_control") as response:  # noqa: S310
-            upstream_calls = json.loads(response.read())["requests"]
+        upstream_calls = upstream_count(upstream) - baseline
         usage_flush(consumer="bench")
         recorded = UsageRecord.objects.filter(endpoint="chat/completions").count()
     finally:
@@ -225,7 +266,10 @@ def main() -> None:
     span = (admitted[-1] - admitted[0]) / 1000 if len(admitted) > 1 else 0.0
     # The first second's worth goes at once; after it the limit paces the rest.
     steady = (len(admitted) - args.rate) / span if span else float("nan")
-    print(f"burst queue: {args.jobs} jobs, limit {args.rate}/s, broker {args.broker}")
+    print(
+        f"burst queue: {args.jobs} jobs, limit {args.rate}/s, broker {args.broker}, "
+        f"{args.pumps} pump(s), provider latency {args.latency_ms:g} ms"
+    )
     print(
         f"  submitted    {accepted} accepted (202) of {args.jobs} in {submit_seconds:.1f}s "
         f"({args.jobs / submit_seconds:.0f}/s); 202 latency p50 {percentile(latencies, 50):.1f} "
@@ -237,6 +281,10 @@ def main() -> None:
         f"({(steady / args.rate - 1) * 100:+.2f}%); busiest 1 s: "
         f"{most_in_any_second(admitted)} admitted"
     )
+    per_second: dict[int, int] = {}
+    for t in admitted:
+        per_second[(t - admitted[0]) // 1000] = per_second.get((t - admitted[0]) // 1000, 0) + 1
+    print("  per second   " + " ".join(str(per_second.get(i, 0)) for i in range(len(per_second))))
     for priority, name in ((10, "premium"), (0, "free")):
         waits = [
             j["admitted_at_ms"] / 1000 - j["created_at"].timestamp()
@@ -248,6 +296,11 @@ def main() -> None:
                 f"  wait {name:<8}{len(waits):>5} jobs: p50 {percentile(waits, 50):.1f}s, "
                 f"p95 {percentile(waits, 95):.1f}s, max {max(waits):.1f}s"
             )
+    used = {name: cpu_after.get(name, 0.0) - cpu_before.get(name, 0.0) for name in cpu_after}
+    print(
+        "  CPU per job  "
+        + ", ".join(f"{name} {used[name] / max(len(succeeded), 1) * 1000:.2f} ms" for name in used)
+    )
     lost = accepted - len(succeeded)
     duplicates = upstream_calls - len(succeeded)
     print(

@@ -57,3 +57,18 @@ def worker(start_worker, tmp_path) -> Callable[..., Any]:  # type: ignore[no-unt
         )
 
     return start
+
+
+def usage_records(request_ids: list[str], *, expected: int | None = None) -> int:
+    """Usage records of these request ids once in Postgres (a worker's own flush may hold
+    some for a moment): waits until ``expected`` arrive, or returns what is there."""
+    from gateway.models import UsageRecord
+    from tests.proxy_fixtures import flush_usage
+
+    def count() -> int:
+        flush_usage()
+        return UsageRecord.objects.filter(request_id__in=request_ids).count()
+
+    if expected is not None:
+        wait_for(lambda: count() >= expected, timeout=30, what=f"{expected} usage records")
+    return count()

@@ -9,6 +9,7 @@ the breaker, its failure opens it for another pause.
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
@@ -34,11 +35,19 @@ def _argv(mode: str) -> list[Any]:
     ]
 
 
+# A pump trusts a closed breaker without failures this long before asking Redis again.
+CLOSED_CACHE_SECONDS = 0.1
+
+
 class ProviderBreaker:
-    """The async side, used by the job pump."""
+    """The async side, used by the job pump. Calls to a healthy provider cost no Redis
+    round trip: a closed, failure-free breaker is trusted for ``CLOSED_CACHE_SECONDS``, and
+    a success is only reported where failures may have been counted."""
 
     def __init__(self) -> None:
         self._script: Any = None
+        self._healthy_until: dict[int, float] = {}
+        self._may_have_failures: set[int] = set()
 
     def _call(self, provider_id: int, mode: str) -> Any:
         client = shared_async_client()
@@ -48,14 +57,25 @@ class ProviderBreaker:
 
     async def allow(self, provider_id: int) -> tuple[bool, float]:
         """May a call go to this provider now? If not, seconds until one may."""
-        verdict, ms = await self._call(provider_id, "allow")
+        now = time.monotonic()
+        if self._healthy_until.get(provider_id, 0.0) > now:
+            return True, 0.0
+        verdict, ms, *failures = await self._call(provider_id, "allow")
+        if int(verdict) == CLOSED and failures and int(failures[0]) == 0:
+            self._healthy_until[provider_id] = now + CLOSED_CACHE_SECONDS
+        else:
+            self._may_have_failures.add(provider_id)
         return int(verdict) != OPEN, int(ms) / 1000
 
     async def success(self, provider_id: int) -> None:
-        await self._call(provider_id, "success")
+        if provider_id in self._may_have_failures:
+            await self._call(provider_id, "success")
+            self._may_have_failures.discard(provider_id)
 
     async def failure(self, provider_id: int) -> bool:
         """Count a failed call; True when the breaker is (now) open."""
+        self._healthy_until.pop(provider_id, None)
+        self._may_have_failures.add(provider_id)
         verdict, _ms = await self._call(provider_id, "failure")
         if int(verdict) == OPEN:
             log.warning("provider %s: circuit breaker open", provider_id)

@@ -1,5 +1,5 @@
-"""Postgres work of the async code paths (the proxy's job endpoints, the pump), on a few
-threads of their own so that one slow query does not hold up the others.
+"""Postgres work of the proxy's job endpoints, on a few threads of their own so that one
+slow query does not hold up the others (the pump has its own, see ``store``).
 
 Each thread keeps its connection; one that failed (Postgres restarted) is closed so the
 next call on that thread connects again.

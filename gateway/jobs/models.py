@@ -79,11 +79,15 @@ class Job(models.Model):
         indexes = [
             # The claim: best queued job first.
             models.Index(
-                "priority",
-                "rank",
-                "created_at",
+                fields=["-priority", "rank", "created_at"],
                 name="job_queue_order",
                 condition=Q(status="queued"),
+            ),
+            # An org's last rank (the next job's fair rank starts after it).
+            models.Index(
+                fields=["org", "priority", "rank"],
+                name="job_org_rank",
+                condition=Q(status__in=["queued", "running"]),
             ),
             models.Index(fields=["org", "status"], name="job_org_status"),
             # Recent admissions (the drain rate behind wait estimates).

@@ -18,6 +18,7 @@ import asyncio
 import logging
 import time
 import uuid
+from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
@@ -26,8 +27,8 @@ from django.db import close_old_connections
 
 from gateway.jobs import services
 from gateway.jobs.breaker import ProviderBreaker
-from gateway.jobs.db import db_call as db
 from gateway.jobs.models import Job
+from gateway.jobs.store import Claim, JobRow, JobStore
 from gateway.metrics import JOB_RUNS, JOB_WAIT, observe_request
 from gateway.proxy.app import Call, Prepared, ProxyApp
 from gateway.proxy.http import ProxyError
@@ -40,6 +41,10 @@ log = logging.getLogger(__name__)
 HAND_BACK_SECONDS = 2.0
 # When one held lane opens, lanes due within this many seconds open with it.
 LANE_SLACK = 0.05
+# Jobs claimed per query at most (then admitted one by one, in order).
+CLAIM_BATCH = 16
+# With nothing to claim, look again after at most this long (jobs accepted meanwhile).
+IDLE_LOOK_SECONDS = 0.25
 # Leases of in-flight jobs and of the pump's slot are renewed this often.
 RENEW_SECONDS = 1.0
 RELEASE_SLOT = (
@@ -62,7 +67,7 @@ async def _no_send(message: dict[str, Any]) -> None:
     raise RuntimeError("a job's answer is stored, never sent")
 
 
-def job_call(job: Job) -> Call:
+def job_call(job: JobRow) -> Call:
     """The stored request as the proxy's handlers see one."""
     headers = {
         name.encode(): value.encode("latin-1") for name, value in job.request_headers.items()
@@ -100,6 +105,19 @@ def _retry_after(exc: ProxyError) -> float | None:
     return None
 
 
+@dataclass
+class Ready:
+    """A job admitted by its limits, about to call its provider."""
+
+    claim: Claim
+    call: Call
+    prepared: Prepared
+    provider: int
+
+
+DONE = object()  # a claimed job that already failed for good
+
+
 class Slot:
     """One of ``TOLLGATE_JOB_PUMPS`` pump slots, held in Redis with a TTL."""
 
@@ -131,11 +149,14 @@ class Pump:
     def __init__(self, slot: Slot) -> None:
         self.slot = slot
         self.app = ProxyApp()
+        self.store = JobStore()
         self.breaker = ProviderBreaker()
-        self.inflight: dict[asyncio.Task[None], services.Claim] = {}
+        self.inflight: dict[asyncio.Task[None], Claim] = {}
         # Lanes and providers skipped until a monotonic time.
         self.lanes: dict[str, float] = {}
         self.providers: dict[int, float] = {}
+        self.batch = 1
+        self.next_claim_at = 0.0
 
     async def run(self, seconds: float) -> None:
         deadline = time.monotonic() + seconds
@@ -145,7 +166,10 @@ class Pump:
                 now = time.monotonic()
                 if now - renewed >= RENEW_SECONDS:
                     renewed = now
-                    await db(self._renew)
+                    await self._renew()
+                if now < self.next_claim_at:
+                    await self._settle_some(self.next_claim_at - now)
+                    continue
                 # Lanes held by one shared limit open together, so the claim's order
                 # (priority, then fair rank) decides among them, not a microsecond.
                 horizon = now + LANE_SLACK if any(t <= now for t in self.lanes.values()) else now
@@ -154,35 +178,46 @@ class Pump:
                 if len(self.inflight) >= settings.TOLLGATE_JOB_CONCURRENCY:
                     await self._settle_some(RENEW_SECONDS)
                     continue
-                claim = await db(
-                    services.job_claim,
+                room = settings.TOLLGATE_JOB_CONCURRENCY - len(self.inflight)
+                claims = await self.store.claim(
                     skip_lanes=list(self.lanes),
                     skip_providers=list(self.providers),
+                    limit=min(self.batch, room),
                 )
-                if claim is not None:
-                    await self._start(claim)
+                if claims:
+                    started = await self._start_batch(claims)
+                    # Claim about as many as the limits took last time: claiming jobs only
+                    # to put them back costs two writes each.
+                    self.batch = (
+                        min(self.batch * 2, CLAIM_BATCH)
+                        if started == len(claims)
+                        else max(started + 1, 1)
+                    )
                     continue
                 wait = await self._next_work_in()
                 if wait is None and not self.inflight:
                     return  # the queue is empty
                 if not self.inflight and wait is not None and wait > HAND_BACK_SECONDS:
                     return  # nothing to do for a while: give the slot back
-                await self._settle_some(min(wait if wait is not None else 1.0, RENEW_SECONDS))
+                # Look again when a lane opens, or soon for jobs accepted meanwhile.
+                self.next_claim_at = time.monotonic() + min(
+                    wait if wait is not None else IDLE_LOOK_SECONDS, IDLE_LOOK_SECONDS
+                )
         finally:
             while self.inflight:
                 await self._settle_some(RENEW_SECONDS)
-                await db(self._renew)
+                await self._renew()
             await self.app.close()
+            await self.store.close()
 
-    def _renew(self) -> None:
-        services.jobs_renew(claims=list(self.inflight.values()))
-        self.slot.renew()
+    async def _renew(self) -> None:
+        await self.store.renew(claims=list(self.inflight.values()))
+        await asyncio.to_thread(self.slot.renew)
 
     async def _next_work_in(self) -> float | None:
         now = time.monotonic()
         waits = [t - now for t in (*self.lanes.values(), *self.providers.values())]
-        queued = await db(
-            services.next_eligible_in,
+        queued = await self.store.next_eligible_in(
             skip_lanes=list(self.lanes),
             skip_providers=list(self.providers),
         )
@@ -202,11 +237,74 @@ class Pump:
         else:
             await asyncio.sleep(timeout)
 
-    async def _start(self, claim: services.Claim) -> None:
-        """Admit a claimed job (in order, on the pump's loop) and start its provider call."""
+    async def _start_batch(self, claims: list[Claim]) -> int:
+        """Admit claimed jobs (one Redis round trip, in their order) and start the admitted
+        ones' provider calls; the others go back to their places."""
+        held: list[Claim] = []
+        candidates: list[Ready] = []
+        catalog = await self.app.catalog.get()
+        for claim in claims:
+            job = claim.job
+            if job.lane in self.lanes or (job.provider_id or 0) in self.providers:
+                held.append(claim)  # an earlier job of the batch found its lane held
+                continue
+            ready = await self._prepare(claim, catalog)
+            if ready is None:
+                held.append(claim)
+            elif ready is not DONE:
+                assert isinstance(ready, Ready)
+                candidates.append(ready)
+        outcomes = await self.app.gate.admit_jobs(
+            [
+                (
+                    r.call,
+                    catalog,
+                    r.call.key,
+                    r.prepared.estimate.input_tokens,
+                    r.prepared.max_tokens,
+                )
+                for r in candidates
+            ]
+        )
+        admitted: list[Ready] = []
+        for ready, outcome in zip(candidates, outcomes, strict=True):
+            job = ready.claim.job
+            if outcome is None:
+                admitted.append(ready)
+            elif isinstance(outcome, Queued):
+                until = time.monotonic() + max(outcome.retry_seconds, 0.001)
+                self.lanes[job.lane] = max(self.lanes.get(job.lane, 0.0), until)
+                held.append(ready.claim)
+            elif isinstance(outcome, ProxyError) and outcome.status == 503:
+                # The limiter's store is down and a limit fails closed.
+                self.lanes[job.lane] = time.monotonic() + 1.0
+                held.append(ready.claim)
+            else:  # this call alone exceeds a whole limit: it can never run
+                assert isinstance(outcome, ProxyError)
+                await self._fail(ready.claim, ready.call, outcome)
+        await self.store.release(claims=held)
+        if not admitted:
+            return 0
+        kept = await self.store.admitted(
+            admitted=[(r.claim, r.call.admitted_ms or int(time.time() * 1000)) for r in admitted],
+        )
+        for r in admitted:
+            if r.claim.job.pk not in kept:  # the claim was lost meanwhile
+                await self.app.gate.settle(r.call, tokens=0, cost_usd=Decimal(0))
+                continue
+            waited = (r.call.admitted_ms or time.time() * 1000) / 1000
+            JOB_WAIT.labels(str(r.claim.job.priority)).observe(
+                max(waited - r.claim.job.created_at.timestamp(), 0.0)
+            )
+            task = asyncio.get_running_loop().create_task(self._call(r))
+            self.inflight[task] = r.claim
+        return len(admitted)
+
+    async def _prepare(self, claim: Claim, catalog: Any) -> Ready | object | None:
+        """A claimed job made ready for admission: Ready, DONE (it failed for good) or None
+        (its provider's breaker is open)."""
         job = claim.job
         call = job_call(job)
-        catalog = await self.app.catalog.get()
         api_key = catalog.keys_by_id.get(job.api_key_id or 0)
         if api_key is None:
             error = ProxyError(
@@ -215,7 +313,7 @@ class Pump:
                 code="invalid_api_key",
             )
             await self._fail(claim, call, error)
-            return
+            return DONE
         call.key = api_key
         call.event.org_id = api_key.org_id
         call.event.api_key_id = api_key.id
@@ -223,48 +321,18 @@ class Pump:
             prepared = self.app.prepare(job.endpoint, call, catalog, api_key, dict(job.request))
         except ProxyError as exc:  # the model or feature changed since the job was queued
             await self._fail(claim, call, exc)
-            return
+            return DONE
         assert call.model is not None
         provider = call.model.provider.id
         allowed, wait = await self.breaker.allow(provider)
         if not allowed:
             self.providers[provider] = time.monotonic() + max(wait, 0.05)
-            await db(services.job_release, claim=claim)
-            return
-        try:
-            await self.app.gate.admit(
-                call,
-                catalog,
-                api_key,
-                input_tokens=prepared.estimate.input_tokens,
-                max_tokens=prepared.max_tokens,
-            )
-        except Queued as queued:
-            self.lanes[job.lane] = time.monotonic() + max(queued.retry_seconds, 0.001)
-            await db(services.job_release, claim=claim)
-            return
-        except ProxyError as exc:
-            if exc.status == 503:  # the limiter's store is down and a limit fails closed
-                self.lanes[job.lane] = time.monotonic() + 1.0
-                await db(services.job_release, claim=claim)
-            else:  # this call alone exceeds a whole limit: it can never run
-                await self._fail(claim, call, exc)
-            return
-        admitted_ms = call.admitted_ms or int(time.time() * 1000)
-        if not await db(services.job_admitted, claim=claim, admitted_at_ms=admitted_ms):
-            await self.app.gate.settle(call, tokens=0, cost_usd=Decimal(0))
-            return
-        JOB_WAIT.labels(str(job.priority)).observe(
-            max(admitted_ms / 1000 - job.created_at.timestamp(), 0.0)
-        )
-        task = asyncio.get_running_loop().create_task(self._call(claim, call, prepared, provider))
-        self.inflight[task] = claim
+            return None
+        return Ready(claim, call, prepared, provider)
 
-    async def _call(
-        self, claim: services.Claim, call: Call, prepared: Prepared, provider: int
-    ) -> None:
-        job = claim.job
-        attempt = job.attempts + 1
+    async def _call(self, ready: Ready) -> None:
+        claim, call, prepared, provider = ready.claim, ready.call, ready.prepared, ready.provider
+        attempt = claim.job.attempts + 1
         finished = False
         try:
             try:
@@ -279,11 +347,10 @@ class Pump:
                 call.event.error = exc.message[:300]
                 if retriable and attempt < settings.TOLLGATE_JOB_MAX_ATTEMPTS:
                     delay = services.retry_delay(attempt, _retry_after(exc))
-                    await db(services.job_retry, claim=claim, delay=delay, error=_error_of(exc))
+                    await self.store.retry(claim=claim, delay=delay, error=_error_of(exc))
                     JOB_RUNS.labels("retried").inc()
                     return
-                finished = await db(
-                    services.job_finish,
+                finished = await self.store.finish(
                     claim=claim,
                     status=Job.Status.FAILED,
                     response_status=exc.status,
@@ -296,8 +363,7 @@ class Pump:
             await self.breaker.success(provider)
             assert call.plain is not None
             status, data, cost = call.plain
-            finished = await db(
-                services.job_finish,
+            finished = await self.store.finish(
                 claim=claim,
                 status=Job.Status.SUCCEEDED,
                 response_status=status,
@@ -313,9 +379,8 @@ class Pump:
                 observe_request(call.event, org=call.key.org_slug if call.key else "")
                 await self.app.recorder.record(call.event)
 
-    async def _fail(self, claim: services.Claim, call: Call, exc: ProxyError) -> None:
-        await db(
-            services.job_finish,
+    async def _fail(self, claim: Claim, call: Call, exc: ProxyError) -> None:
+        await self.store.finish(
             claim=claim,
             status=Job.Status.FAILED,
             response_status=exc.status,

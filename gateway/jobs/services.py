@@ -12,10 +12,8 @@ meanwhile instead of starving them (start-time fair queueing).
 from __future__ import annotations
 
 import random
-import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from decimal import Decimal
 from typing import Any
 
 from django.conf import settings
@@ -112,59 +110,6 @@ def job_cancel(*, job: Job) -> bool:
 # --- the worker's side -------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Claim:
-    job: Job
-    token: uuid.UUID
-
-
-def job_claim(*, skip_lanes: list[str], skip_providers: list[int]) -> Claim | None:
-    """Take the best queued job that may run now, atomically (SKIP LOCKED)."""
-    token = uuid.uuid4()
-    lease = settings.TOLLGATE_JOB_LEASE_SECONDS
-    with connection.cursor() as cursor:
-        cursor.execute(
-            """
-            UPDATE gateway_job SET status = 'running', claim_token = %s,
-                   lease_until = now() + make_interval(secs => %s)
-            WHERE id = (
-                SELECT id FROM gateway_job
-                WHERE status = 'queued' AND not_before <= now() AND expires_at > now()
-                  AND NOT (lane = ANY(%s))
-                  AND (provider_id IS NULL OR NOT (provider_id = ANY(%s)))
-                ORDER BY priority DESC, rank, created_at
-                FOR UPDATE SKIP LOCKED
-                LIMIT 1)
-            RETURNING id
-            """,
-            [token, lease, skip_lanes, skip_providers],
-        )
-        row = cursor.fetchone()
-    if row is None:
-        return None
-    return Claim(Job.objects.get(pk=row[0]), token)
-
-
-def _mine(claim: Claim) -> Any:
-    return Job.objects.filter(pk=claim.job.pk, claim_token=claim.token, status=Job.Status.RUNNING)
-
-
-def job_release(*, claim: Claim) -> None:
-    """Not admitted yet: back to the queue, keeping its place."""
-    _mine(claim).update(status=Job.Status.QUEUED, claim_token=None, lease_until=None)
-
-
-def job_admitted(*, claim: Claim, admitted_at_ms: int) -> bool:
-    """The limiter admitted this attempt; False if the claim was lost meanwhile."""
-    return bool(
-        _mine(claim).update(
-            admitted_at_ms=admitted_at_ms,
-            attempts=claim.job.attempts + 1,
-            started_at=timezone.now(),
-        )
-    )
-
-
 def retry_delay(attempt: int, retry_after: float | None) -> float:
     """Exponential backoff with jitter (half fixed, half random); never before the
     provider's Retry-After."""
@@ -174,58 +119,6 @@ def retry_delay(attempt: int, retry_after: float | None) -> float:
     )
     delay = ceiling / 2 + random.uniform(0, ceiling / 2)
     return max(delay, retry_after or 0.0)
-
-
-def job_retry(*, claim: Claim, delay: float, error: dict[str, Any]) -> bool:
-    return bool(
-        _mine(claim).update(
-            status=Job.Status.QUEUED,
-            claim_token=None,
-            lease_until=None,
-            not_before=timezone.now() + timedelta(seconds=delay),
-            error=error,
-        )
-    )
-
-
-def job_finish(
-    *,
-    claim: Claim,
-    status: str,
-    response_status: int | None = None,
-    response_body: str = "",
-    cost_usd: Decimal | None = None,
-    error: dict[str, Any] | None = None,
-    dead_letter: bool = False,
-) -> bool:
-    """Store the result once; False when another worker's attempt owns the job now."""
-    with transaction.atomic():
-        changed = _mine(claim).update(
-            status=status,
-            response_status=response_status,
-            response_body=response_body,
-            cost_usd=cost_usd,
-            error=error,
-            dead_letter=dead_letter,
-            finished_at=timezone.now(),
-            claim_token=None,
-            lease_until=None,
-        )
-        if changed:
-            _after_finish([claim.job.pk])
-    return bool(changed)
-
-
-def jobs_renew(*, claims: list[Claim]) -> None:
-    """Extend the leases of jobs still in flight in this worker."""
-    if not claims:
-        return
-    with connection.cursor() as cursor:
-        cursor.execute(
-            "UPDATE gateway_job SET lease_until = now() + make_interval(secs => %s) "
-            "WHERE status = 'running' AND claim_token = ANY(%s)",
-            [settings.TOLLGATE_JOB_LEASE_SECONDS, [c.token for c in claims]],
-        )
 
 
 def jobs_sweep() -> tuple[int, int]:
@@ -264,21 +157,6 @@ def jobs_purge(*, batch: int = 5000) -> int:
         if not ids:
             return total
         total += Job.objects.filter(pk__in=ids).delete()[0]
-
-
-def next_eligible_in(*, skip_lanes: list[str], skip_providers: list[int]) -> float | None:
-    """Seconds until a queued job (outside the skipped lanes) may run; None if none waits."""
-    with connection.cursor() as cursor:
-        cursor.execute(
-            """
-            SELECT EXTRACT(EPOCH FROM (MIN(not_before) - now())) FROM gateway_job
-            WHERE status = 'queued' AND expires_at > now() AND NOT (lane = ANY(%s))
-              AND (provider_id IS NULL OR NOT (provider_id = ANY(%s)))
-            """,
-            [skip_lanes, skip_providers],
-        )
-        value = cursor.fetchone()[0]
-    return None if value is None else max(float(value), 0.0)
 
 
 def jobs_waiting() -> bool:

@@ -8,7 +8,7 @@ import logging
 import math
 import time
 from decimal import Decimal
-from typing import Any
+from typing import Any, NoReturn
 
 from gateway.metrics import observe_decision, observe_reserved, observe_settled
 from gateway.proxy.catalog import Catalog, KeyInfo
@@ -50,6 +50,24 @@ class LimitGate:
         self._fail_open_at: dict[int, float] = {}
         self._background: set[asyncio.Task[None]] = set()
 
+    def _charges(
+        self, call: Any, catalog: Catalog, key: KeyInfo, input_tokens: int, max_tokens: int | None
+    ) -> tuple[tuple[LimitSpec, ...], list[int]]:
+        limits = catalog.limits.applicable(
+            org_id=key.org_id, tier_id=key.tier_id, feature=call.event.feature, key_id=key.id
+        )
+        if not limits:
+            return (), []
+        model = call.model
+        charges = charges_for(
+            limits,
+            input_tokens=input_tokens,
+            max_tokens=max_tokens,
+            input_price=model.input_price,
+            output_price=model.output_price,
+        )
+        return limits, charges
+
     async def admit(
         self,
         call: Any,
@@ -59,37 +77,70 @@ class LimitGate:
         input_tokens: int,
         max_tokens: int | None,
     ) -> None:
-        feature = call.event.feature
-        limits = catalog.limits.applicable(
-            org_id=key.org_id, tier_id=key.tier_id, feature=feature, key_id=key.id
-        )
+        limits, charges = self._charges(call, catalog, key, input_tokens, max_tokens)
         if not limits:
             return
-        model = call.model
-        charges = charges_for(
-            limits,
-            input_tokens=input_tokens,
-            max_tokens=max_tokens,
-            input_price=model.input_price,
-            output_price=model.output_price,
-        )
         try:
             # A job never holds its pump waiting: it goes back to the queue instead.
             decision = await self.limiter.admit(
                 call.lease_id, limits, charges, org_id=key.org_id, wait=not call.job
             )
         except LimiterUnavailable as exc:
-            observe_decision(limits, "fail_closed", exc.limit)
-            self._report_degraded(limits, key, kind="limit.fail_closed")
-            _note(call, "fail_closed", exc.limit)
-            raise ProxyError(
-                503,
-                "Limits cannot be checked right now (the limiter's store is "
-                f"unreachable) and {exc.limit.description} is set to fail closed.",
-                code="limiter_unavailable",
-                outcome="rate_limited",
-                headers=[(b"retry-after", b"1")],
-            ) from None
+            self._conclude_unavailable(call, key, limits, exc)
+        self._conclude(call, key, limits, charges, decision)
+
+    async def admit_jobs(
+        self, items: list[tuple[Any, Catalog, KeyInfo, int, int | None]]
+    ) -> list[BaseException | None]:
+        """Admit several queued jobs in one Redis round trip, in order; for each, None
+        (admitted) or what ``admit`` would have raised."""
+        pending: list[tuple[int, tuple[LimitSpec, ...], list[int]]] = []
+        outcomes: list[BaseException | None] = [None] * len(items)
+        for i, (call, catalog, key, input_tokens, max_tokens) in enumerate(items):
+            limits, charges = self._charges(call, catalog, key, input_tokens, max_tokens)
+            if limits:
+                pending.append((i, limits, charges))
+        decisions = await self.limiter.admit_many(
+            [
+                (items[i][0].lease_id, limits, charges, items[i][2].org_id)
+                for i, limits, charges in pending
+            ]
+        )
+        for (i, limits, charges), decision in zip(pending, decisions, strict=True):
+            call, _catalog, key = items[i][0], items[i][1], items[i][2]
+            try:
+                if isinstance(decision, LimiterUnavailable):
+                    self._conclude_unavailable(call, key, limits, decision)
+                else:
+                    self._conclude(call, key, limits, charges, decision)
+            except (ProxyError, Queued) as exc:
+                outcomes[i] = exc
+        return outcomes
+
+    def _conclude_unavailable(
+        self, call: Any, key: KeyInfo, limits: tuple[LimitSpec, ...], exc: LimiterUnavailable
+    ) -> NoReturn:
+        observe_decision(limits, "fail_closed", exc.limit)
+        self._report_degraded(limits, key, kind="limit.fail_closed")
+        _note(call, "fail_closed", exc.limit)
+        raise ProxyError(
+            503,
+            "Limits cannot be checked right now (the limiter's store is "
+            f"unreachable) and {exc.limit.description} is set to fail closed.",
+            code="limiter_unavailable",
+            outcome="rate_limited",
+            headers=[(b"retry-after", b"1")],
+        ) from None
+
+    def _conclude(
+        self,
+        call: Any,
+        key: KeyInfo,
+        limits: tuple[LimitSpec, ...],
+        charges: list[int],
+        decision: Decision,
+    ) -> None:
+        feature = call.event.feature
         if decision.admitted and not decision.degraded:
             call.limits = limits  # from here on, settle gives the reservations back
             call.charges = charges

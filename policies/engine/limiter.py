@@ -247,6 +247,66 @@ class Limiter:
         decision.waited_ms = round((time.monotonic() - started) * 1000, 3)
         return decision
 
+    async def admit_many(
+        self, items: Sequence[tuple[str, Sequence[LimitSpec], Sequence[int], int]]
+    ) -> list[Decision | LimiterUnavailable]:
+        """Several decisions (request id, limits, charges, org id) in one round trip, made
+        by Redis in the given order; never waits. Redis Cluster: one at a time."""
+        if not items:
+            return []
+        if settings.REDIS_CLUSTER or len(items) == 1:
+            results: list[Decision | LimiterUnavailable] = []
+            for request_id, limits, charges, org_id in items:
+                try:
+                    results.append(
+                        await self.admit(request_id, limits, charges, org_id=org_id, wait=False)
+                    )
+                except LimiterUnavailable as exc:
+                    results.append(exc)
+            return results
+        raw: list[Any] | None = None
+        if self.breaker.allow():
+            try:
+                client = self._client()
+                pipe = client.pipeline(transaction=False)
+                for request_id, limits, charges, org_id in items:
+                    keys, argv = script_args(
+                        "admit",
+                        request_id,
+                        limits,
+                        charges,
+                        org_id=org_id,
+                        prefix=settings.TOLLGATE_REDIS_PREFIX,
+                        lease_ms=int(settings.TOLLGATE_LIMIT_LEASE_SECONDS * 1000),
+                    )
+                    await self._script(keys=keys, args=argv, client=pipe)
+                raw = await pipe.execute(raise_on_error=False)
+            except Exception as exc:
+                REDIS_ERRORS.labels("limiter").inc()
+                if self.breaker.failures == 0:
+                    log.warning("limiter: Redis unavailable (%s); applying failure modes", exc)
+                self.breaker.failure()
+            else:
+                self.breaker.success()
+                if self._degraded_counted is not None:
+                    self._count_degraded(ended=True)
+            finally:
+                self.breaker.probing = False
+        decisions: list[Decision | LimiterUnavailable] = []
+        for i, (_request_id, limits, charges, _org_id) in enumerate(items):
+            answer = raw[i] if raw is not None else None
+            if isinstance(answer, list):
+                decisions.append(parse(answer, limits, charges))
+                continue
+            if answer is not None:  # the script failed for this one: a bug, not an outage
+                REDIS_ERRORS.labels("limiter").inc()
+                log.error("limiter: the script failed (%s); applying failure modes", answer)
+            try:
+                decisions.append(self._degraded(limits, charges))
+            except LimiterUnavailable as exc:
+                decisions.append(exc)
+        return decisions
+
     async def _wait(
         self,
         spec: LimitSpec,

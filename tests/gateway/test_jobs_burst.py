@@ -104,8 +104,13 @@ def test_a_burst_of_2000_against_200_per_second_all_completes_within_the_limit(
     assert most_in_any_second([j.admitted_at_ms for j in jobs]) <= PER_SECOND
     # Each call reached the provider once and is charged once.
     assert proxy.fake.state.count == BURST
-    flush_usage()
-    assert UsageRecord.objects.filter(endpoint="chat/completions").count() == BURST
+
+    def recorded() -> int:
+        flush_usage()
+        return UsageRecord.objects.filter(endpoint="chat/completions").count()
+
+    wait_for(lambda: recorded() >= BURST, what="every usage record")
+    assert recorded() == BURST
 
 
 def test_the_window_counter_finds_the_busiest_second() -> None:

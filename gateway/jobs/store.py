@@ -1,0 +1,238 @@
+"""The pump's Postgres access: plain SQL on asyncio connections of its own.
+
+The pump runs on one event loop; ORM calls would need threads, and threads that wait on
+the network hand the GIL back and forth with the loop (each hand-over can cost the
+interpreter's switch interval). One connection serves the pump's own claims, another the
+results its calls store. Every change is one conditional UPDATE (status and claim token in
+its WHERE), so two workers never run the same attempt and a stale one cannot overwrite a
+result.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+import psycopg
+from django.conf import settings
+from psycopg.types.json import Jsonb
+
+log = logging.getLogger(__name__)
+
+COLUMNS = (
+    "id, org_id, api_key_id, feature, endpoint, provider_id, request, request_headers, "
+    "priority, rank, lane, attempts, created_at, callback_url"
+)
+
+
+@dataclass(frozen=True)
+class JobRow:
+    """What the pump needs of a claimed job."""
+
+    id: uuid.UUID
+    org_id: int
+    api_key_id: int | None
+    feature: str
+    endpoint: str
+    provider_id: int | None
+    request: dict[str, Any]
+    request_headers: dict[str, str]
+    priority: int
+    rank: int
+    lane: str
+    attempts: int
+    created_at: datetime
+    callback_url: str
+
+    @property
+    def pk(self) -> uuid.UUID:
+        return self.id
+
+
+@dataclass(frozen=True)
+class Claim:
+    job: JobRow
+    token: uuid.UUID
+
+
+def _conninfo() -> dict[str, Any]:
+    db = settings.DATABASES["default"]
+    options = dict(db.get("OPTIONS", {}))
+    return {
+        "host": db.get("HOST") or None,
+        "port": db.get("PORT") or None,
+        "user": db.get("USER") or None,
+        "password": db.get("PASSWORD") or None,
+        "dbname": db.get("NAME"),
+        "autocommit": True,
+        **options,
+    }
+
+
+class _Connection:
+    """One autocommit connection, opened on first use and again after a failure."""
+
+    def __init__(self) -> None:
+        self.conn: psycopg.AsyncConnection[Any] | None = None
+        self.lock = asyncio.Lock()
+
+    async def execute(self, sql: str, params: Any = ()) -> list[tuple[Any, ...]]:
+        async with self.lock:
+            if self.conn is None or self.conn.closed:
+                self.conn = await psycopg.AsyncConnection.connect(**_conninfo())
+            try:
+                cursor = await self.conn.execute(sql, params)
+                return await cursor.fetchall() if cursor.description else []
+            except psycopg.OperationalError:
+                await self.conn.close()  # Postgres restarted: connect again next time
+                raise
+
+    async def close(self) -> None:
+        if self.conn is not None:
+            await self.conn.close()
+
+
+class JobStore:
+    def __init__(self) -> None:
+        self.claims = _Connection()
+        self.results = _Connection()
+
+    async def close(self) -> None:
+        await self.claims.close()
+        await self.results.close()
+
+    async def claim(
+        self, *, skip_lanes: list[str], skip_providers: list[int], limit: int
+    ) -> list[Claim]:
+        """Take up to ``limit`` of the best queued jobs that may run now (SKIP LOCKED), in
+        order of service: tier priority, then fair rank."""
+        token = uuid.uuid4()
+        rows = await self.claims.execute(
+            f"""
+            UPDATE gateway_job SET status = 'running', claim_token = %s,
+                   lease_until = now() + make_interval(secs => %s)
+            WHERE id IN (
+                SELECT id FROM gateway_job
+                WHERE status = 'queued' AND not_before <= now() AND expires_at > now()
+                  AND NOT (lane = ANY(%s))
+                  AND (provider_id IS NULL OR NOT (provider_id = ANY(%s)))
+                ORDER BY priority DESC, rank, created_at
+                FOR UPDATE SKIP LOCKED
+                LIMIT %s)
+            RETURNING {COLUMNS}
+            """,  # noqa: S608 - a constant column list
+            (token, settings.TOLLGATE_JOB_LEASE_SECONDS, skip_lanes, skip_providers, limit),
+        )
+        jobs = sorted(
+            (JobRow(*row) for row in rows), key=lambda j: (-j.priority, j.rank, j.created_at)
+        )
+        return [Claim(job, token) for job in jobs]
+
+    async def release(self, *, claims: list[Claim]) -> None:
+        """Not admitted yet: back to the queue, keeping their places."""
+        if claims:
+            await self.claims.execute(
+                "UPDATE gateway_job SET status = 'queued', claim_token = NULL, lease_until = NULL "
+                "WHERE id = ANY(%s) AND claim_token = ANY(%s) AND status = 'running'",
+                ([c.job.id for c in claims], list({c.token for c in claims})),
+            )
+
+    async def admitted(self, *, admitted: list[tuple[Claim, int]]) -> set[uuid.UUID]:
+        """The limiter admitted these attempts (Redis time of each, ms); the ids whose
+        claims still hold."""
+        if not admitted:
+            return set()
+        rows = await self.claims.execute(
+            """
+            UPDATE gateway_job AS j SET admitted_at_ms = v.at_ms, attempts = j.attempts + 1,
+                   started_at = now()
+            FROM unnest(%s::uuid[], %s::uuid[], %s::bigint[]) AS v(id, token, at_ms)
+            WHERE j.id = v.id AND j.claim_token = v.token AND j.status = 'running'
+            RETURNING j.id
+            """,
+            (
+                [c.job.id for c, _ in admitted],
+                [c.token for c, _ in admitted],
+                [at for _, at in admitted],
+            ),
+        )
+        return {row[0] for row in rows}
+
+    async def renew(self, *, claims: list[Claim]) -> None:
+        """Extend the leases of jobs still in flight."""
+        if claims:
+            await self.claims.execute(
+                "UPDATE gateway_job SET lease_until = now() + make_interval(secs => %s) "
+                "WHERE status = 'running' AND claim_token = ANY(%s)",
+                (settings.TOLLGATE_JOB_LEASE_SECONDS, list({c.token for c in claims})),
+            )
+
+    async def next_eligible_in(
+        self, *, skip_lanes: list[str], skip_providers: list[int]
+    ) -> float | None:
+        """Seconds until a queued job (outside the skipped lanes) may run; None if none."""
+        rows = await self.claims.execute(
+            """
+            SELECT EXTRACT(EPOCH FROM (MIN(not_before) - now())) FROM gateway_job
+            WHERE status = 'queued' AND expires_at > now() AND NOT (lane = ANY(%s))
+              AND (provider_id IS NULL OR NOT (provider_id = ANY(%s)))
+            """,
+            (skip_lanes, skip_providers),
+        )
+        value = rows[0][0] if rows else None
+        return None if value is None else max(float(value), 0.0)
+
+    async def retry(self, *, claim: Claim, delay: float, error: dict[str, Any]) -> bool:
+        rows = await self.results.execute(
+            """
+            UPDATE gateway_job SET status = 'queued', claim_token = NULL, lease_until = NULL,
+                   not_before = now() + make_interval(secs => %s), error = %s
+            WHERE id = %s AND claim_token = %s AND status = 'running' RETURNING id
+            """,
+            (delay, Jsonb(error), claim.job.id, claim.token),
+        )
+        return bool(rows)
+
+    async def finish(
+        self,
+        *,
+        claim: Claim,
+        status: str,
+        response_status: int | None = None,
+        response_body: str = "",
+        cost_usd: Decimal | None = None,
+        error: dict[str, Any] | None = None,
+        dead_letter: bool = False,
+    ) -> bool:
+        """Store the result once; False when another attempt owns the job now. A job with
+        a callback URL gets its webhook."""
+        rows = await self.results.execute(
+            """
+            UPDATE gateway_job SET status = %s, response_status = %s, response_body = %s,
+                   cost_usd = %s, error = %s, dead_letter = %s, finished_at = now(),
+                   claim_token = NULL, lease_until = NULL,
+                   callback_status = CASE WHEN callback_url <> '' THEN 'pending'
+                                          ELSE callback_status END
+            WHERE id = %s AND claim_token = %s AND status = 'running' RETURNING id
+            """,
+            (
+                status,
+                response_status,
+                response_body,
+                cost_usd,
+                Jsonb(error) if error is not None else None,
+                dead_letter,
+                claim.job.id,
+                claim.token,
+            ),
+        )
+        if rows and claim.job.callback_url:
+            from gateway.jobs.tasks import job_callback
+
+            await asyncio.to_thread(job_callback.delay, str(claim.job.id))
+        return bool(rows)
