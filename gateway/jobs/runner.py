@@ -203,6 +203,10 @@ class Pump:
                 self.next_claim_at = time.monotonic() + min(
                     wait if wait is not None else IDLE_LOOK_SECONDS, IDLE_LOOK_SECONDS
                 )
+            # Time is up with work left: the next pump takes over now, while this one
+            # only finishes the calls it has in flight.
+            await asyncio.to_thread(self.slot.release)
+            await asyncio.to_thread(_wake_next_pump)
         finally:
             while self.inflight:
                 await self._settle_some(RENEW_SECONDS)
@@ -388,6 +392,12 @@ class Pump:
             error=_error_of(exc),
         )
         JOB_RUNS.labels("failed").inc()
+
+
+def _wake_next_pump() -> None:
+    from gateway.jobs.tasks import jobs_pump
+
+    jobs_pump.apply_async()
 
 
 def pump_run() -> None:

@@ -147,6 +147,19 @@ def jobs_sweep() -> tuple[int, int]:
     return len(expired), requeued
 
 
+# A finished job's callback not tried this long after it finished was never handed to the
+# broker (the broker was down at that moment): it is sent again.
+CALLBACK_LOST_SECONDS = 60
+
+
+def callbacks_never_sent() -> list[Any]:
+    cutoff = timezone.now() - timedelta(seconds=CALLBACK_LOST_SECONDS)
+    waiting = Job.objects.filter(
+        callback_status=Job.Callback.PENDING, callback_attempts=0, finished_at__lt=cutoff
+    )
+    return list(waiting.values_list("pk", flat=True)[:1000])
+
+
 def jobs_purge(*, batch: int = 5000) -> int:
     """Delete finished jobs older than TOLLGATE_JOB_RETENTION_DAYS; returns how many."""
     cutoff = timezone.now() - timedelta(days=settings.TOLLGATE_JOB_RETENTION_DAYS)

@@ -10,6 +10,8 @@ import logging
 
 from celery import shared_task
 
+# Imported here, by the worker before it forks its pool, so no pump pays for the imports.
+from gateway.jobs.runner import pump_run
 from gateway.redis import get_redis, key
 
 log = logging.getLogger(__name__)
@@ -33,19 +35,21 @@ def jobs_kick() -> None:
 
 @shared_task(ignore_result=True)
 def jobs_pump() -> None:
-    from gateway.jobs.runner import pump_run
-
     pump_run()
 
 
 @shared_task(ignore_result=True, acks_late=False)
 def jobs_sweep() -> None:
+    from gateway.jobs.services import callbacks_never_sent, jobs_waiting
     from gateway.jobs.services import jobs_sweep as sweep
-    from gateway.jobs.services import jobs_waiting
 
     expired, requeued = sweep()
     if expired or requeued:
         log.info("jobs: %s expired, %s put back after their worker stopped", expired, requeued)
+    for job_id in callbacks_never_sent():
+        # Once per CALLBACK_LOST_SECONDS per job, however long the workers are backed up.
+        if get_redis().set(key("jobs", "callback-resent", str(job_id)), 1, nx=True, ex=60):
+            job_callback.delay(str(job_id))
     if jobs_waiting():
         jobs_pump.apply_async()
 
