@@ -248,7 +248,8 @@ class EmbeddedPostgres:
             stale_pid = int(pid_file.read_text().splitlines()[0])
             if not _pid_alive(stale_pid):
                 pid_file.unlink()
-        self.port = free_port()
+        # Started again, it keeps its address (as a restarted server does).
+        self.port = self.port or free_port()
         argv = [
             str(postgres_bin_dir() / "postgres"),
             "-D",
