@@ -18,6 +18,7 @@ import asyncio
 import logging
 import time
 import uuid
+from collections.abc import MutableMapping
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -31,6 +32,7 @@ from gateway.jobs.models import Job
 from gateway.jobs.store import Claim, JobRow, JobStore
 from gateway.metrics import JOB_RUNS, JOB_WAIT, observe_request
 from gateway.proxy.app import Call, Prepared, ProxyApp
+from gateway.proxy.catalog import KeyInfo
 from gateway.proxy.http import ProxyError
 from gateway.proxy.limits import Queued
 from gateway.redis import get_redis, key
@@ -63,7 +65,7 @@ async def _never_receive() -> dict[str, Any]:
     return {"type": "http.disconnect"}
 
 
-async def _no_send(message: dict[str, Any]) -> None:
+async def _no_send(message: MutableMapping[str, Any]) -> None:
     raise RuntimeError("a job's answer is stored, never sent")
 
 
@@ -111,6 +113,7 @@ class Ready:
 
     claim: Claim
     call: Call
+    key: KeyInfo
     prepared: Prepared
     provider: int
 
@@ -263,7 +266,7 @@ class Pump:
                 (
                     r.call,
                     catalog,
-                    r.call.key,
+                    r.key,
                     r.prepared.estimate.input_tokens,
                     r.prepared.max_tokens,
                 )
@@ -332,7 +335,7 @@ class Pump:
         if not allowed:
             self.providers[provider] = time.monotonic() + max(wait, 0.05)
             return None
-        return Ready(claim, call, prepared, provider)
+        return Ready(claim, call, api_key, prepared, provider)
 
     async def _call(self, ready: Ready) -> None:
         claim, call, prepared, provider = ready.claim, ready.call, ready.prepared, ready.provider

@@ -14,6 +14,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from functools import partial
 from typing import Any
 
 from django.conf import settings
@@ -226,7 +227,7 @@ def _after_finish(job_ids: list[Any]) -> None:
     from gateway.jobs.tasks import job_callback
 
     for pk in pending:
-        transaction.on_commit(lambda pk=pk: job_callback.delay(str(pk)))
+        transaction.on_commit(partial(job_callback.delay, str(pk)))
 
 
 def unix(moment: datetime | None) -> int | None:
