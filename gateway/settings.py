@@ -266,6 +266,9 @@ TOLLGATE_PROVIDER_BREAKER_SECONDS = env.float(
 )
 # Finished jobs (and their answers) are kept this many days, then deleted.
 TOLLGATE_JOB_RETENTION_DAYS = env.int("TOLLGATE_JOB_RETENTION_DAYS", 7, minimum=1)
+# Job callbacks go only to public addresses unless this allows loopback, private and
+# link-local ones too (a gateway whose receivers live on the internal network).
+TOLLGATE_JOB_CALLBACK_PRIVATE = env.bool("TOLLGATE_JOB_CALLBACK_PRIVATE", False)
 # Job callbacks: attempts per result and the timeout of each.
 TOLLGATE_JOB_CALLBACK_ATTEMPTS = env.int("TOLLGATE_JOB_CALLBACK_ATTEMPTS", 5, minimum=1)
 TOLLGATE_JOB_CALLBACK_TIMEOUT = env.float("TOLLGATE_JOB_CALLBACK_TIMEOUT", 10.0, minimum=0.1)

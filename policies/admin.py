@@ -54,6 +54,12 @@ class OrganizationAdmin(OrgScopedAdmin):
     def get_queryset(self, request: HttpRequest) -> QuerySet[Organization]:
         return request_scope(request).orgs().select_related("tier")
 
+    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> Any:
+        fields = list(super().get_readonly_fields(request, obj))
+        if not request_scope(request).can_write:
+            fields.remove("job_callback_secret")  # a member never sees the signing secret
+        return fields
+
 
 @admin.register(Feature)
 class FeatureAdmin(OrgScopedAdmin):

@@ -43,6 +43,7 @@ def worker(start_worker, tmp_path) -> Callable[..., Any]:  # type: ignore[no-unt
             "TOLLGATE_REDIS_PREFIX": GATEWAY_PREFIX,
             "TOLLGATE_JOB_RETRY_BASE_SECONDS": "0.2",
             "TOLLGATE_JOB_RETRY_MAX_SECONDS": "1",
+            "TOLLGATE_JOB_CALLBACK_PRIVATE": "true",
             **env,
         }
         return start_worker(

@@ -74,6 +74,8 @@ def gateway_url(django_db_setup: None, django_db_blocker, tmp_path_factory) -> I
             TOLLGATE_REDIS_PREFIX=GATEWAY_PREFIX,
             TOLLGATE_MAX_BODY_BYTES=str(MAX_BODY_BYTES),
             TOLLGATE_UPSTREAM_READ_TIMEOUT=str(READ_TIMEOUT_SECONDS),
+            # Callback receivers in tests listen on 127.0.0.1.
+            TOLLGATE_JOB_CALLBACK_PRIVATE="true",
         ),
         log,
     )

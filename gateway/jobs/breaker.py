@@ -8,6 +8,7 @@ the breaker, its failure opens it for another pause.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from pathlib import Path
@@ -60,7 +61,11 @@ class ProviderBreaker:
         now = time.monotonic()
         if self._healthy_until.get(provider_id, 0.0) > now:
             return True, 0.0
-        verdict, ms, *failures = await self._call(provider_id, "allow")
+        try:
+            verdict, ms, *failures = await self._call(provider_id, "allow")
+        except Exception as exc:  # Redis away: calls go on (the limiter decides on its own)
+            log.warning("provider breaker unreadable (%s); allowing the call", exc)
+            return True, 0.0
         if int(verdict) == CLOSED and failures and int(failures[0]) == 0:
             self._healthy_until[provider_id] = now + CLOSED_CACHE_SECONDS
         else:
@@ -69,14 +74,19 @@ class ProviderBreaker:
 
     async def success(self, provider_id: int) -> None:
         if provider_id in self._may_have_failures:
-            await self._call(provider_id, "success")
-            self._may_have_failures.discard(provider_id)
+            with contextlib.suppress(Exception):
+                await self._call(provider_id, "success")
+                self._may_have_failures.discard(provider_id)
 
     async def failure(self, provider_id: int) -> bool:
         """Count a failed call; True when the breaker is (now) open."""
         self._healthy_until.pop(provider_id, None)
         self._may_have_failures.add(provider_id)
-        verdict, _ms = await self._call(provider_id, "failure")
+        try:
+            verdict, _ms = await self._call(provider_id, "failure")
+        except Exception as exc:
+            log.warning("provider breaker not updated (%s)", exc)
+            return False
         if int(verdict) == OPEN:
             log.warning("provider %s: circuit breaker open", provider_id)
         return int(verdict) == OPEN

@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import ipaddress
 import json
+import socket
 import time
+from urllib.parse import urlsplit
 
 import httpx
 from django.conf import settings
@@ -35,6 +38,23 @@ def callback_signature(secret: str, timestamp: int, body: bytes) -> str:
     return f"t={timestamp},v1={mac.hexdigest()}"
 
 
+def private_address(host: str) -> bool:
+    """True when ``host`` is (or resolves to) a loopback, private, link-local or otherwise
+    non-public address; names that do not resolve count as private."""
+    try:
+        infos = socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)
+    except (OSError, UnicodeError):
+        return True
+    return any(not ipaddress.ip_address(info[4][0].split("%")[0]).is_global for info in infos)
+
+
+def callback_allowed(url: str) -> bool:
+    if settings.TOLLGATE_JOB_CALLBACK_PRIVATE:
+        return True
+    host = urlsplit(url).hostname or ""
+    return bool(host) and not private_address(host)
+
+
 def job_callback_deliver(*, job_id: str) -> str:
     """POST a finished job to its callback URL once: "delivered", "retry", "failed" or
     "skipped" (no longer pending)."""
@@ -50,6 +70,13 @@ def job_callback_deliver(*, job_id: str) -> str:
         SIGNATURE_HEADER: callback_signature(callback_secret(job.org_id), timestamp, body),
     }
     attempts = job.callback_attempts + 1
+    if not callback_allowed(job.callback_url):
+        Job.objects.filter(pk=job.pk).update(
+            callback_status=Job.Callback.FAILED,
+            callback_attempts=attempts,
+            callback_error="not sent: the callback host is not a public address",
+        )
+        return "failed"
     try:
         response = httpx.post(
             job.callback_url,

@@ -52,6 +52,8 @@ class Job(models.Model):
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.QUEUED)
     idempotency_key = models.CharField(max_length=200, blank=True)
     attempts = models.PositiveSmallIntegerField(default=0)
+    # Runs of this job (an admin's re-run starts another); each run is its own usage record.
+    runs = models.PositiveSmallIntegerField(default=1)
     not_before = models.DateTimeField()
     expires_at = models.DateTimeField()
     claim_token = models.UUIDField(null=True, blank=True)
@@ -94,6 +96,12 @@ class Job(models.Model):
             models.Index(fields=["admitted_at_ms"], name="job_admitted"),
             # Finished jobs past their retention are deleted.
             models.Index(fields=["finished_at"], name="job_finished"),
+            # Callbacks never handed to the broker (the sweep sends them again).
+            models.Index(
+                fields=["finished_at"],
+                name="job_callback_unsent",
+                condition=Q(callback_status="pending", callback_attempts=0),
+            ),
             models.Index(
                 fields=["lease_until"], name="job_running_lease", condition=Q(status="running")
             ),
@@ -112,3 +120,12 @@ class Job(models.Model):
     @property
     def public_id(self) -> str:
         return f"job_{self.id.hex}"
+
+    @property
+    def request_id(self) -> str:
+        """The id of this run's provider call and usage record."""
+        return run_request_id(self.id, self.runs)
+
+
+def run_request_id(job_id: uuid.UUID, run: int) -> str:
+    return job_id.hex if run <= 1 else f"{job_id.hex}.{run}"

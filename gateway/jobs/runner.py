@@ -15,6 +15,7 @@ runs their provider calls concurrently, on one asyncio loop inside one worker sl
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 import uuid
@@ -43,6 +44,8 @@ log = logging.getLogger(__name__)
 HAND_BACK_SECONDS = 2.0
 # When one held lane opens, lanes due within this many seconds open with it.
 LANE_SLACK = 0.05
+# A result that cannot be stored is tried again after these pauses (seconds).
+STORE_RETRY_SECONDS = (0.5, 1.0, 2.0, 4.0)
 # Jobs claimed per query at most (then admitted one by one, in order).
 CLAIM_BATCH = 16
 # With nothing to claim, look again after at most this long (jobs accepted meanwhile).
@@ -82,7 +85,7 @@ def job_call(job: JobRow) -> Call:
         "path": f"/v1/{job.endpoint}",
         "headers": list(headers.items()),
     }
-    call = Call(scope, _never_receive, _no_send, headers, job.id.hex, time.perf_counter())
+    call = Call(scope, _never_receive, _no_send, headers, job.request_id, time.perf_counter())
     call.anthropic = job.endpoint == "messages"
     call.job = True
     return call
@@ -163,49 +166,17 @@ class Pump:
 
     async def run(self, seconds: float) -> None:
         deadline = time.monotonic() + seconds
-        renewed = time.monotonic()
+        self.renewed = time.monotonic()
         try:
             while time.monotonic() < deadline:
-                now = time.monotonic()
-                if now - renewed >= RENEW_SECONDS:
-                    renewed = now
-                    await self._renew()
-                if now < self.next_claim_at:
-                    await self._settle_some(self.next_claim_at - now)
-                    continue
-                # Lanes held by one shared limit open together, so the claim's order
-                # (priority, then fair rank) decides among them, not a microsecond.
-                horizon = now + LANE_SLACK if any(t <= now for t in self.lanes.values()) else now
-                self.lanes = {k: t for k, t in self.lanes.items() if t > horizon}
-                self.providers = {k: t for k, t in self.providers.items() if t > now}
-                if len(self.inflight) >= settings.TOLLGATE_JOB_CONCURRENCY:
-                    await self._settle_some(RENEW_SECONDS)
-                    continue
-                room = settings.TOLLGATE_JOB_CONCURRENCY - len(self.inflight)
-                claims = await self.store.claim(
-                    skip_lanes=list(self.lanes),
-                    skip_providers=list(self.providers),
-                    limit=min(self.batch, room),
-                )
-                if claims:
-                    started = await self._start_batch(claims)
-                    # Claim about as many as the limits took last time: claiming jobs only
-                    # to put them back costs two writes each.
-                    self.batch = (
-                        min(self.batch * 2, CLAIM_BATCH)
-                        if started == len(claims)
-                        else max(started + 1, 1)
-                    )
-                    continue
-                wait = await self._next_work_in()
-                if wait is None and not self.inflight:
-                    return  # the queue is empty
-                if not self.inflight and wait is not None and wait > HAND_BACK_SECONDS:
-                    return  # nothing to do for a while: give the slot back
-                # Look again when a lane opens, or soon for jobs accepted meanwhile.
-                self.next_claim_at = time.monotonic() + min(
-                    wait if wait is not None else IDLE_LOOK_SECONDS, IDLE_LOOK_SECONDS
-                )
+                try:
+                    if not await self._step():
+                        return  # the queue is empty, or nothing to do for a while
+                except Exception:
+                    # Postgres or Redis away for a moment: calls in flight go on, and so
+                    # does the pump once they are back.
+                    log.exception("job pump: step failed; trying again in a second")
+                    await self._settle_some(1.0)
             # Time is up with work left: the next pump takes over now, while this one
             # only finishes the calls it has in flight.
             await asyncio.to_thread(self.slot.release)
@@ -213,9 +184,52 @@ class Pump:
         finally:
             while self.inflight:
                 await self._settle_some(RENEW_SECONDS)
-                await self._renew()
+                with contextlib.suppress(Exception):
+                    await self._renew()
             await self.app.close()
             await self.store.close()
+
+    async def _step(self) -> bool:
+        """Claim, admit and start what may run now; False when the pump should end."""
+        now = time.monotonic()
+        if now - self.renewed >= RENEW_SECONDS:
+            self.renewed = now
+            await self._renew()
+        if now < self.next_claim_at:
+            await self._settle_some(self.next_claim_at - now)
+            return True
+        # Lanes held by one shared limit open together, so the claim's order (priority,
+        # then fair rank) decides among them, not a microsecond.
+        horizon = now + LANE_SLACK if any(t <= now for t in self.lanes.values()) else now
+        self.lanes = {k: t for k, t in self.lanes.items() if t > horizon}
+        self.providers = {k: t for k, t in self.providers.items() if t > now}
+        room = settings.TOLLGATE_JOB_CONCURRENCY - len(self.inflight)
+        if room <= 0:
+            await self._settle_some(RENEW_SECONDS)
+            return True
+        claims = await self.store.claim(
+            skip_lanes=list(self.lanes),
+            skip_providers=list(self.providers),
+            limit=min(self.batch, room),
+        )
+        if claims:
+            started = await self._start_batch(claims)
+            # Claim about as many as the limits took last time: claiming jobs only to put
+            # them back costs two writes each.
+            self.batch = (
+                min(self.batch * 2, CLAIM_BATCH) if started == len(claims) else max(started + 1, 1)
+            )
+            return True
+        wait = await self._next_work_in()
+        if wait is None and not self.inflight:
+            return False  # the queue is empty
+        if not self.inflight and wait is not None and wait > HAND_BACK_SECONDS:
+            return False  # nothing to do for a while: give the slot back
+        # Look again when a lane opens, or soon for jobs accepted meanwhile.
+        self.next_claim_at = time.monotonic() + min(
+            wait if wait is not None else IDLE_LOOK_SECONDS, IDLE_LOOK_SECONDS
+        )
+        return True
 
     async def _renew(self) -> None:
         await self.store.renew(claims=list(self.inflight.values()))
@@ -273,39 +287,50 @@ class Pump:
                 for r in candidates
             ]
         )
-        admitted: list[Ready] = []
-        for ready, outcome in zip(candidates, outcomes, strict=True):
-            job = ready.claim.job
-            if outcome is None:
-                admitted.append(ready)
-            elif isinstance(outcome, Queued):
-                until = time.monotonic() + max(outcome.retry_seconds, 0.001)
-                self.lanes[job.lane] = max(self.lanes.get(job.lane, 0.0), until)
-                held.append(ready.claim)
-            elif isinstance(outcome, ProxyError) and outcome.status == 503:
-                # The limiter's store is down and a limit fails closed.
-                self.lanes[job.lane] = time.monotonic() + 1.0
-                held.append(ready.claim)
-            else:  # this call alone exceeds a whole limit: it can never run
-                assert isinstance(outcome, ProxyError)
-                await self._fail(ready.claim, ready.call, outcome)
-        await self.store.release(claims=held)
-        if not admitted:
-            return 0
-        kept = await self.store.admitted(
-            admitted=[(r.claim, r.call.admitted_ms or int(time.time() * 1000)) for r in admitted],
-        )
-        for r in admitted:
-            if r.claim.job.pk not in kept:  # the claim was lost meanwhile
-                await self.app.gate.settle(r.call, tokens=0, cost_usd=Decimal(0))
-                continue
-            waited = (r.call.admitted_ms or time.time() * 1000) / 1000
-            JOB_WAIT.labels(str(r.claim.job.priority)).observe(
-                max(waited - r.claim.job.created_at.timestamp(), 0.0)
+        admitted = [r for r, outcome in zip(candidates, outcomes, strict=True) if outcome is None]
+        started: set[Any] = set()
+        try:
+            for ready, outcome in zip(candidates, outcomes, strict=True):
+                job = ready.claim.job
+                if outcome is None:
+                    continue
+                if isinstance(outcome, Queued):
+                    until = time.monotonic() + max(outcome.retry_seconds, 0.001)
+                    self.lanes[job.lane] = max(self.lanes.get(job.lane, 0.0), until)
+                    held.append(ready.claim)
+                elif isinstance(outcome, ProxyError) and outcome.status == 503:
+                    # The limiter's store is down and a limit fails closed.
+                    self.lanes[job.lane] = time.monotonic() + 1.0
+                    held.append(ready.claim)
+                else:  # this call alone exceeds a whole limit: it can never run
+                    assert isinstance(outcome, ProxyError)
+                    await self._fail(ready.claim, ready.call, outcome)
+            await self.store.release(claims=held)
+            if not admitted:
+                return 0
+            kept = await self.store.admitted(
+                admitted=[
+                    (r.claim, r.call.admitted_ms or int(time.time() * 1000)) for r in admitted
+                ]
             )
-            task = asyncio.get_running_loop().create_task(self._call(r))
-            self.inflight[task] = r.claim
-        return len(admitted)
+            for r in admitted:
+                if r.claim.job.pk not in kept:  # the claim was lost meanwhile
+                    continue
+                waited = (r.call.admitted_ms or time.time() * 1000) / 1000
+                JOB_WAIT.labels(str(r.claim.job.priority)).observe(
+                    max(waited - r.claim.job.created_at.timestamp(), 0.0)
+                )
+                task = asyncio.get_running_loop().create_task(self._call(r))
+                self.inflight[task] = r.claim
+                started.add(r.claim.job.pk)
+        finally:
+            # Whatever was admitted but not started gives its reservations back now, not
+            # when their leases run out (its claim expires and the job runs later).
+            for r in admitted:
+                if r.claim.job.pk not in started:
+                    with contextlib.suppress(Exception):
+                        await self.app.gate.settle(r.call, tokens=0, cost_usd=Decimal(0))
+        return len(started)
 
     async def _prepare(self, claim: Claim, catalog: Any) -> Ready | object | None:
         """A claimed job made ready for admission: Ready, DONE (it failed for good) or None
@@ -333,9 +358,25 @@ class Pump:
         provider = call.model.provider.id
         allowed, wait = await self.breaker.allow(provider)
         if not allowed:
-            self.providers[provider] = time.monotonic() + max(wait, 0.05)
+            until = time.monotonic() + max(wait, 0.05)
+            self.providers[provider] = until
+            # Also its lane: the job may still name the provider it was accepted for.
+            self.lanes[job.lane] = max(self.lanes.get(job.lane, 0.0), until)
             return None
         return Ready(claim, call, api_key, prepared, provider)
+
+    async def _store(self, write: Any, **kwargs: Any) -> bool:
+        """A result write, tried again while Postgres is briefly away (else the job runs
+        again after its lease, and the provider is paid twice)."""
+        for delay in (*STORE_RETRY_SECONDS, None):
+            try:
+                return bool(await write(**kwargs))
+            except Exception:
+                if delay is None:
+                    log.exception("job pump: could not store a job's result")
+                    return False
+                await asyncio.sleep(delay)
+        return False
 
     async def _call(self, ready: Ready) -> None:
         claim, call, prepared, provider = ready.claim, ready.call, ready.prepared, ready.provider
@@ -354,10 +395,13 @@ class Pump:
                 call.event.error = exc.message[:300]
                 if retriable and attempt < settings.TOLLGATE_JOB_MAX_ATTEMPTS:
                     delay = services.retry_delay(attempt, _retry_after(exc))
-                    await self.store.retry(claim=claim, delay=delay, error=_error_of(exc))
+                    await self._store(
+                        self.store.retry, claim=claim, delay=delay, error=_error_of(exc)
+                    )
                     JOB_RUNS.labels("retried").inc()
                     return
-                finished = await self.store.finish(
+                finished = await self._store(
+                    self.store.finish,
                     claim=claim,
                     status=Job.Status.FAILED,
                     response_status=exc.status,
@@ -370,7 +414,8 @@ class Pump:
             await self.breaker.success(provider)
             assert call.plain is not None
             status, data, cost = call.plain
-            finished = await self.store.finish(
+            finished = await self._store(
+                self.store.finish,
                 claim=claim,
                 status=Job.Status.SUCCEEDED,
                 response_status=status,
@@ -387,7 +432,8 @@ class Pump:
                 await self.app.recorder.record(call.event)
 
     async def _fail(self, claim: Claim, call: Call, exc: ProxyError) -> None:
-        await self.store.finish(
+        await self._store(
+            self.store.finish,
             claim=claim,
             status=Job.Status.FAILED,
             response_status=exc.status,

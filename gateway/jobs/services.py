@@ -11,6 +11,7 @@ meanwhile instead of starving them (start-time fair queueing).
 
 from __future__ import annotations
 
+import logging
 import random
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -19,10 +20,13 @@ from typing import Any
 
 from django.conf import settings
 from django.db import IntegrityError, connection, transaction
+from django.db.models import F
 from django.utils import timezone
 
 from audit.services import audit_record
 from gateway.jobs.models import Job
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -93,7 +97,11 @@ def job_create(*, new: NewJob) -> tuple[Job, bool]:
             )
     except IntegrityError:
         # The same idempotency key, accepted meanwhile by another request.
-        return Job.objects.get(org_id=new.org_id, idempotency_key=new.idempotency_key), False
+        earlier = Job.objects.filter(org_id=new.org_id, idempotency_key=new.idempotency_key)
+        found = earlier.first() if new.idempotency_key else None
+        if found is None:
+            raise  # not a duplicate: the org or key went away meanwhile
+        return found, False
     return job, True
 
 
@@ -142,7 +150,30 @@ def jobs_sweep() -> tuple[int, int]:
                 },
             )
             _after_finish(expired)
-    requeued = Job.objects.filter(status=Job.Status.RUNNING, lease_until__lt=now).update(
+    stale = Job.objects.filter(status=Job.Status.RUNNING, lease_until__lt=now)
+    # A job whose every attempt ended with its worker gone (killed, out of memory) stops
+    # here instead of taking down one worker after another.
+    with transaction.atomic():
+        lost = list(
+            stale.filter(attempts__gte=settings.TOLLGATE_JOB_MAX_ATTEMPTS)
+            .select_for_update(skip_locked=True)
+            .values_list("pk", flat=True)
+        )
+        if lost:
+            Job.objects.filter(pk__in=lost).update(
+                status=Job.Status.FAILED,
+                dead_letter=True,
+                finished_at=now,
+                claim_token=None,
+                lease_until=None,
+                error={
+                    "type": "job_failed",
+                    "code": "worker_lost",
+                    "message": "The worker running this job stopped during each attempt.",
+                },
+            )
+            _after_finish(lost)
+    requeued = stale.filter(attempts__lt=settings.TOLLGATE_JOB_MAX_ATTEMPTS).update(
         status=Job.Status.QUEUED, claim_token=None, lease_until=None
     )
     return len(expired), requeued
@@ -189,6 +220,7 @@ def job_rerun(*, job: Job) -> bool:
         ).update(
             status=Job.Status.QUEUED,
             rank=rank,
+            runs=F("runs") + 1,
             attempts=0,
             dead_letter=False,
             error=None,
@@ -227,7 +259,14 @@ def _after_finish(job_ids: list[Any]) -> None:
     from gateway.jobs.tasks import job_callback
 
     for pk in pending:
-        transaction.on_commit(partial(job_callback.delay, str(pk)))
+        transaction.on_commit(partial(_send_callback, job_callback, str(pk)))
+
+
+def _send_callback(task: Any, job_id: str) -> None:
+    try:
+        task.delay(job_id)
+    except Exception as exc:  # the broker is away: the sweep sends it later
+        log.warning("job %s: callback not queued (%s)", job_id, exc)
 
 
 def unix(moment: datetime | None) -> int | None:

@@ -22,11 +22,13 @@ import psycopg
 from django.conf import settings
 from psycopg.types.json import Jsonb
 
+from gateway.jobs.models import run_request_id
+
 log = logging.getLogger(__name__)
 
 COLUMNS = (
     "id, org_id, api_key_id, feature, endpoint, provider_id, request, request_headers, "
-    "priority, rank, lane, attempts, created_at, callback_url"
+    "priority, rank, lane, attempts, created_at, callback_url, runs"
 )
 
 
@@ -48,10 +50,15 @@ class JobRow:
     attempts: int
     created_at: datetime
     callback_url: str
+    runs: int
 
     @property
     def pk(self) -> uuid.UUID:
         return self.id
+
+    @property
+    def request_id(self) -> str:
+        return run_request_id(self.id, self.runs)
 
 
 @dataclass(frozen=True)
@@ -234,5 +241,8 @@ class JobStore:
         if rows and claim.job.callback_url:
             from gateway.jobs.tasks import job_callback
 
-            await asyncio.to_thread(job_callback.delay, str(claim.job.id))
+            try:
+                await asyncio.to_thread(job_callback.delay, str(claim.job.id))
+            except Exception as exc:  # the broker is away: the sweep sends it later
+                log.warning("job %s: callback not queued (%s)", claim.job.id, exc)
         return bool(rows)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 
 from celery import shared_task
+from django.conf import settings
 
 # Imported here, by the worker before it forks its pool, so no pump pays for the imports.
 from gateway.jobs.runner import pump_run
@@ -30,10 +31,20 @@ def jobs_kick() -> None:
     except Exception:  # Redis down: the sweep wakes a pump within a second anyway
         fresh = True
     if fresh:
-        jobs_pump.apply_async()
+        try:
+            jobs_pump.apply_async()
+        except Exception as exc:  # the broker is away: the sweep wakes a pump once it is back
+            log.warning("jobs: pump not woken (%s)", exc)
 
 
-@shared_task(ignore_result=True)
+# A pump works TOLLGATE_JOB_PUMP_SECONDS, then finishes the calls it has in flight (each
+# bounded by the upstream read timeout): the task's time limits leave room for both.
+PUMP_SOFT_LIMIT = int(
+    settings.TOLLGATE_JOB_PUMP_SECONDS + settings.TOLLGATE_UPSTREAM_READ_TIMEOUT + 60
+)
+
+
+@shared_task(ignore_result=True, soft_time_limit=PUMP_SOFT_LIMIT, time_limit=PUMP_SOFT_LIMIT + 60)
 def jobs_pump() -> None:
     pump_run()
 

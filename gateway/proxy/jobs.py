@@ -8,11 +8,13 @@ the provider's: ``X-Tollgate-Callback-Url``, ``X-Tollgate-Job-Max-Age`` (seconds
 
 from __future__ import annotations
 
+import ipaddress
 import json
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
+from django.conf import settings
 from django.db import DatabaseError
 
 from gateway.jobs.db import db_call
@@ -42,8 +44,8 @@ def wants_async(headers: dict[bytes, bytes], path: str) -> bool:
     if not prefer:
         return False
     tokens = {part.split(b";")[0].split(b"=")[0].strip().lower() for part in prefer.split(b",")}
-    if b"respond-async" not in tokens:
-        return False
+    if b"respond-async" not in tokens or path.startswith("/v1/jobs/"):
+        return False  # jobs themselves are read and cancelled as usual
     if path not in JOB_ENDPOINTS:
         raise ProxyError(
             400,
@@ -80,6 +82,18 @@ def job_options(headers: dict[bytes, bytes]) -> JobOptions:
                 param="X-Tollgate-Callback-Url",
                 code="invalid_callback_url",
             )
+        literal = _ip_literal(parts.hostname or "")
+        if (
+            literal is not None
+            and not literal.is_global
+            and not settings.TOLLGATE_JOB_CALLBACK_PRIVATE
+        ):
+            raise ProxyError(
+                400,
+                "X-Tollgate-Callback-Url must point to a public address.",
+                param="X-Tollgate-Callback-Url",
+                code="invalid_callback_url",
+            )
     max_age: int | None = None
     raw_age = headers.get(b"x-tollgate-job-max-age")
     if raw_age is not None:
@@ -105,7 +119,14 @@ def job_options(headers: dict[bytes, bytes]) -> JobOptions:
     return JobOptions(callback, max_age, key)
 
 
-def _accept(new: Any) -> tuple[dict[str, Any], bool]:
+def _ip_literal(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        return ipaddress.ip_address(host)
+    except ValueError:
+        return None  # a name: checked when the callback is sent
+
+
+def _accept(new: Any) -> dict[str, Any]:
     from gateway.jobs.selectors import job_json
     from gateway.jobs.services import job_create
     from gateway.jobs.tasks import jobs_kick
@@ -114,7 +135,7 @@ def _accept(new: Any) -> tuple[dict[str, Any], bool]:
     if created:
         jobs_kick()
     # The place in the queue costs two counts; GET /v1/jobs/{id} tells it.
-    return job_json(job, with_position=False), created
+    return job_json(job, with_position=False)
 
 
 async def _jobs_db(fn: Any, **kwargs: Any) -> Any:
@@ -189,7 +210,7 @@ class JobEndpoints:
             idempotency_key=options.idempotency_key,
             max_age_seconds=options.max_age_seconds,
         )
-        body, _created = await _jobs_db(_accept, new=new)
+        body = await _jobs_db(_accept, new=new)
         call.event.outcome = "queued"
         call.event.status_code = 202
         headers = [
@@ -199,9 +220,6 @@ class JobEndpoints:
         ]
         if call.respond_async:
             headers.append((b"preference-applied", b"respond-async"))
-        wait = body.get("estimated_wait_seconds")
-        if wait:
-            headers.append((b"retry-after", str(max(int(wait), 1)).encode()))
         await send_response(call.send, 202, json.dumps(body).encode(), headers)
 
     def _public_id(self, call: Call) -> str:

@@ -105,12 +105,55 @@ def test_providers_show_their_circuit_breaker_and_staff_can_close_it(staff, sett
         "/admin/gateway/provider/",
         {"action": "close_breaker", "_selected_action": [str(provider.pk)]},
     )
-    assert "closed" in client.get("/admin/gateway/provider/").content.decode()
+    assert not get_redis().exists(key("breaker", str(provider.pk)))
+    page = client.get("/admin/gateway/provider/").content.decode()
+    assert '<td class="field-breaker">closed</td>' in page
     assert AuditEvent.objects.filter(action="provider.breaker_closed").exists()
 
 
-def test_the_org_page_shows_its_callback_signing_secret(alice, org_a, org_b) -> None:  # type: ignore[no-untyped-def]
-    page = login(alice).get(f"/admin/policies/organization/{org_a.pk}/change/").content.decode()
+def test_the_org_page_shows_its_callback_signing_secret_to_its_admins_only(
+    alice, bob, org_a, org_b
+) -> None:  # type: ignore[no-untyped-def]
+    url = f"/admin/policies/organization/{org_a.pk}/change/"
+    page = login(alice).get(url).content.decode()
     assert callback_secret(org_a.pk) in page
     assert callback_secret(org_b.pk) not in page
-    assert callback_secret(org_a.pk) != callback_secret(org_b.pk)
+    member_page = login(bob).get(url)
+    assert member_page.status_code == 200
+    assert callback_secret(org_a.pk) not in member_page.content.decode()
+
+
+def test_a_job_whose_worker_died_at_every_attempt_goes_to_the_dead_letters(org_a, settings) -> None:  # type: ignore[no-untyped-def]
+    from gateway.jobs.services import jobs_sweep
+
+    past = timezone.now() - timedelta(seconds=5)
+    doomed = a_job(
+        org_a, status="running", attempts=settings.TOLLGATE_JOB_MAX_ATTEMPTS, lease_until=past
+    )
+    again = a_job(org_a, status="running", attempts=1, lease_until=past)
+    jobs_sweep()
+    doomed.refresh_from_db()
+    again.refresh_from_db()
+    assert (doomed.status, doomed.dead_letter, doomed.error["code"]) == (
+        "failed",
+        True,
+        "worker_lost",
+    )
+    assert (again.status, again.claim_token) == ("queued", None)
+
+
+def test_a_callback_to_a_private_address_is_not_sent_unless_allowed(org_a, settings) -> None:  # type: ignore[no-untyped-def]
+    from gateway.jobs.callbacks import job_callback_deliver
+
+    settings.TOLLGATE_JOB_CALLBACK_PRIVATE = False
+    job = a_job(
+        org_a,
+        status="succeeded",
+        finished_at=timezone.now(),
+        callback_url="http://127.0.0.1:9/hook",
+        callback_status="pending",
+    )
+    assert job_callback_deliver(job_id=str(job.pk)) == "failed"
+    job.refresh_from_db()
+    assert job.callback_status == "failed"
+    assert "not a public address" in job.callback_error

@@ -185,3 +185,25 @@ def test_other_preferences_do_not_make_a_job(proxy: Setup) -> None:
     response = submit(proxy, proxy.key_a, {"Prefer": "return=minimal"})
     assert response.status_code == 200
     assert not Job.objects.exists()
+
+
+def test_a_callback_to_a_private_ip_is_refused_unless_allowed(settings) -> None:  # type: ignore[no-untyped-def]
+    from gateway.proxy.http import ProxyError
+    from gateway.proxy.jobs import job_options
+
+    settings.TOLLGATE_JOB_CALLBACK_PRIVATE = False
+    for url in ("http://127.0.0.1:8000/hook", "http://10.1.2.3/x", "http://[::1]/x"):
+        with pytest.raises(ProxyError) as raised:
+            job_options({b"x-tollgate-callback-url": url.encode()})
+        assert (raised.value.status, raised.value.code) == (400, "invalid_callback_url")
+    assert job_options({b"x-tollgate-callback-url": b"https://hooks.example.com/x"}).callback_url
+    settings.TOLLGATE_JOB_CALLBACK_PRIVATE = True
+    assert job_options({b"x-tollgate-callback-url": b"http://127.0.0.1:8000/hook"}).callback_url
+
+
+def test_a_client_preferring_async_can_still_read_its_jobs(proxy: Setup) -> None:
+    job_id = submit(proxy, proxy.key_a).json()["id"]
+    response = httpx.get(
+        f"{proxy.v1}/jobs/{job_id}", headers={"Authorization": f"Bearer {proxy.key_a}", **ASYNC}
+    )
+    assert response.status_code == 200
