@@ -45,7 +45,7 @@ def private_address(host: str) -> bool:
         infos = socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)
     except (OSError, UnicodeError):
         return True
-    return any(not ipaddress.ip_address(info[4][0].split("%")[0]).is_global for info in infos)
+    return any(not ipaddress.ip_address(str(info[4][0]).split("%")[0]).is_global for info in infos)
 
 
 def callback_allowed(url: str) -> bool:
