@@ -60,3 +60,27 @@ def percentile(values: list[float], p: float) -> float:
         return float("nan")
     index = min(len(ordered) - 1, max(0, round(p / 100 * (len(ordered) - 1))))
     return ordered[index]
+
+
+def bench_model(upstream: str) -> None:
+    """The shared provider ``bench-upstream`` (at ``upstream``) and model ``bench-model``."""
+    from gateway.models import LlmModel, Provider
+
+    provider, _ = Provider.objects.get_or_create(
+        org=None,
+        name="bench-upstream",
+        defaults={"kind": "openai_compatible", "base_url": f"{upstream}/v1"},
+    )
+    provider.base_url = f"{upstream}/v1"
+    provider.api_key = "sk-bench"
+    provider.save()
+    LlmModel.objects.update_or_create(
+        org=None,
+        name="bench-model",
+        defaults={
+            "provider": provider,
+            "upstream_name": "bench-upstream-model",
+            "input_price_per_million": "2.5",
+            "output_price_per_million": "10",
+        },
+    )

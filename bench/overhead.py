@@ -16,7 +16,7 @@ from pathlib import Path
 
 import aiohttp
 import psutil
-from common import BASE_DIR, django_setup, percentile, start, stop
+from common import BASE_DIR, bench_model, django_setup, percentile, start, stop
 
 BODY = {
     "model": "bench-model",
@@ -26,28 +26,10 @@ BODY = {
 
 
 def make_rows(upstream: str) -> str:
-    from gateway.models import LlmModel, Provider
     from policies.models import Feature, Organization, Tier
     from policies.services import apikey_create
 
-    provider, _ = Provider.objects.get_or_create(
-        org=None,
-        name="bench-upstream",
-        defaults={"kind": "openai_compatible", "base_url": f"{upstream}/v1"},
-    )
-    provider.base_url = f"{upstream}/v1"
-    provider.api_key = "sk-bench"
-    provider.save()
-    LlmModel.objects.update_or_create(
-        org=None,
-        name="bench-model",
-        defaults={
-            "provider": provider,
-            "upstream_name": "bench-upstream-model",
-            "input_price_per_million": "2.5",
-            "output_price_per_million": "10",
-        },
-    )
+    bench_model(upstream)
     feature, _ = Feature.objects.get_or_create(name="chat")
     tier = Tier.objects.get(slug="free")
     org, _ = Organization.objects.get_or_create(

@@ -27,35 +27,18 @@ import time  # noqa: E402
 import urllib.request  # noqa: E402
 
 import aiohttp  # noqa: E402
-from common import BASE_DIR, django_setup, percentile, start, stop  # noqa: E402
+from common import BASE_DIR, bench_model, django_setup, percentile, start, stop  # noqa: E402
 
 RABBITMQ = "amqp://guest:guest@127.0.0.1:5672//"
 
 
 def make_rows(upstream: str, rate: int) -> tuple[str, str]:
     from gateway.jobs.models import Job
-    from gateway.models import LlmModel, Provider
     from policies.models import Feature, Limit, Organization, Tier
     from policies.services import apikey_create
 
     Job.objects.all().delete()
-    provider, _ = Provider.objects.get_or_create(
-        org=None,
-        name="bench-upstream",
-        defaults={"kind": "openai_compatible", "base_url": f"{upstream}/v1"},
-    )
-    provider.base_url = f"{upstream}/v1"
-    provider.save()
-    LlmModel.objects.update_or_create(
-        org=None,
-        name="bench-model",
-        defaults={
-            "provider": provider,
-            "upstream_name": "bench-upstream-model",
-            "input_price_per_million": "2.5",
-            "output_price_per_million": "10",
-        },
-    )
+    bench_model(upstream)
     feature, _ = Feature.objects.get_or_create(name="chat")
     Limit.objects.filter(feature=feature).delete()
     Limit.objects.create(
@@ -255,6 +238,9 @@ def main() -> None:
             Job.objects.values("status", "priority", "attempts", "admitted_at_ms", "created_at")
         )
         upstream_calls = upstream_count(upstream) - baseline
+        # The worker's own flush may hold records read but not yet written: let it finish.
+        stop(worker)
+        procs.remove(worker)
         usage_flush(consumer="bench")
         recorded = UsageRecord.objects.filter(endpoint="chat/completions").count()
     finally:

@@ -282,14 +282,9 @@ class Limiter:
                     await self._script(keys=keys, args=argv, client=pipe)
                 raw = await pipe.execute(raise_on_error=False)
             except Exception as exc:
-                REDIS_ERRORS.labels("limiter").inc()
-                if self.breaker.failures == 0:
-                    log.warning("limiter: Redis unavailable (%s); applying failure modes", exc)
-                self.breaker.failure()
+                self._unreachable(exc)
             else:
-                self.breaker.success()
-                if self._degraded_counted is not None:
-                    self._count_degraded(ended=True)
+                self._reached()
             finally:
                 self.breaker.probing = False
         decisions: list[Decision | LimiterUnavailable] = []
@@ -354,18 +349,24 @@ class Limiter:
                 log.exception("limiter: the script failed; applying failure modes")
                 self.breaker.probing = False
             except Exception as exc:
-                REDIS_ERRORS.labels("limiter").inc()
-                if self.breaker.failures == 0:
-                    log.warning("limiter: Redis unavailable (%s); applying failure modes", exc)
-                self.breaker.failure()
+                self._unreachable(exc)
             else:
-                self.breaker.success()
-                if self._degraded_counted is not None:
-                    self._count_degraded(ended=True)
+                self._reached()
                 return decision
             finally:
                 self.breaker.probing = False  # also when the probe was cancelled
         return self._degraded(limits, charges)
+
+    def _unreachable(self, exc: Exception) -> None:
+        REDIS_ERRORS.labels("limiter").inc()
+        if self.breaker.failures == 0:
+            log.warning("limiter: Redis unavailable (%s); applying failure modes", exc)
+        self.breaker.failure()
+
+    def _reached(self) -> None:
+        self.breaker.success()
+        if self._degraded_counted is not None:
+            self._count_degraded(ended=True)
 
     def _count_degraded(self, *, ended: bool = False) -> None:
         now = time.monotonic()
