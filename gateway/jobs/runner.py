@@ -162,6 +162,7 @@ class Pump:
         self.lanes: dict[str, float] = {}
         self.providers: dict[int, float] = {}
         self.batch = 1
+        self.call_ended = asyncio.Event()
         self.next_claim_at = 0.0
 
     async def run(self, seconds: float) -> None:
@@ -247,16 +248,17 @@ class Pump:
         return max(min(waits), 0.001) if waits else None
 
     async def _settle_some(self, timeout: float) -> None:
-        if self.inflight:
-            done, _ = await asyncio.wait(
-                self.inflight, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
-            )
-            for task in done:
-                self.inflight.pop(task, None)
-                if not task.cancelled() and task.exception() is not None:
-                    log.error("job run failed", exc_info=task.exception())
-        else:
-            await asyncio.sleep(timeout)
+        """Wait until a call in flight ends (or ``timeout``): one event, not a wait on every
+        task, since the pump looks many times a second."""
+        self.call_ended.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.call_ended.wait(), timeout=max(timeout, 0.0))
+
+    def _ended(self, task: asyncio.Task[None]) -> None:
+        self.inflight.pop(task, None)
+        self.call_ended.set()
+        if not task.cancelled() and task.exception() is not None:
+            log.error("job run failed", exc_info=task.exception())
 
     async def _start_batch(self, claims: list[Claim]) -> int:
         """Admit claimed jobs (one Redis round trip, in their order) and start the admitted
@@ -322,6 +324,7 @@ class Pump:
                 )
                 task = asyncio.get_running_loop().create_task(self._call(r))
                 self.inflight[task] = r.claim
+                task.add_done_callback(self._ended)
                 started.add(r.claim.job.pk)
         finally:
             # Whatever was admitted but not started gives its reservations back now, not
