@@ -17,6 +17,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from decimal import Decimal
+from functools import partial
 from typing import Any
 
 import aiohttp
@@ -88,9 +89,8 @@ class Call:
     rate_headers: Headers = field(default_factory=list)
     # A complete non-streamed answer waiting to be sent: status, body, cost.
     plain: tuple[int, bytes, Decimal] | None = None
-    # The burst queue: may a denial by a `queue` limit become a job; is this a job's run;
-    # did the client ask for a job (Prefer: respond-async); the Redis time of admission.
-    may_queue: bool = False
+    # The burst queue: is this a job's run; did the client ask for a job (Prefer:
+    # respond-async); the Redis time of admission.
     job: bool = False
     respond_async: bool = False
     admitted_ms: int = 0
@@ -110,12 +110,17 @@ class ProxyApp:
         self.catalog = CatalogCache()
         self.recorder = UsageRecorder()
         self.gate = LimitGate()
-        self.routes = {
-            "/v1/chat/completions": ("POST", self.chat_completions),
-            "/v1/embeddings": ("POST", self.embeddings),
-            "/v1/messages": ("POST", self.messages),
-            "/v1/models": ("GET", self.list_models),
+        # Model calls (each may also run as a job): the endpoint's name and its validation.
+        self.preparers = {
+            "chat/completions": self.prepare_chat,
+            "embeddings": self.prepare_embeddings,
+            "messages": self.prepare_messages,
         }
+        self.routes: dict[str, tuple[str, Any]] = {
+            path: ("POST", partial(self._serve, endpoint=endpoint))
+            for path, endpoint in JOB_ENDPOINTS.items()
+        }
+        self.routes["/v1/models"] = ("GET", self.list_models)
         self.jobs = JobEndpoints(self)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -144,7 +149,6 @@ class ProxyApp:
                     code="method_not_allowed",
                     headers=[(b"allow", method.encode())],
                 )
-            call.may_queue = path in JOB_ENDPOINTS
             call.respond_async = wants_async(headers, path)
             await handler(call)
         except ProxyError as exc:
@@ -560,12 +564,7 @@ class ProxyApp:
         self, endpoint: str, call: Call, catalog: Catalog, key: KeyInfo, data: dict[str, Any]
     ) -> Prepared:
         """Validate a model call's body against the catalog (also when a job runs)."""
-        prepare = {
-            "chat/completions": self.prepare_chat,
-            "embeddings": self.prepare_embeddings,
-            "messages": self.prepare_messages,
-        }[endpoint]
-        return prepare(call, catalog, key, data)
+        return self.preparers[endpoint](call, catalog, key, data)
 
     async def _serve(self, call: Call, endpoint: str) -> None:
         catalog, key = await self.authenticate(call)
@@ -600,9 +599,6 @@ class ProxyApp:
             estimate=prepared.estimate,
             strip_usage=prepared.strip_usage,
         )
-
-    async def chat_completions(self, call: Call) -> None:
-        await self._serve(call, "chat/completions")
 
     def prepare_chat(
         self, call: Call, catalog: Catalog, key: KeyInfo, data: dict[str, Any]
@@ -649,9 +645,6 @@ class ProxyApp:
             strip_usage=not wants_usage,
         )
 
-    async def embeddings(self, call: Call) -> None:
-        await self._serve(call, "embeddings")
-
     def prepare_embeddings(
         self, call: Call, catalog: Catalog, key: KeyInfo, data: dict[str, Any]
     ) -> Prepared:
@@ -683,9 +676,6 @@ class ProxyApp:
             Usage(input_tokens=_estimate_tokens(given), estimated=True),
             0,
         )
-
-    async def messages(self, call: Call) -> None:
-        await self._serve(call, "messages")
 
     def prepare_messages(
         self, call: Call, catalog: Catalog, key: KeyInfo, data: dict[str, Any]

@@ -157,9 +157,7 @@ class LimitGate:
             return
         if not decision.admitted:
             assert decision.denied is not None
-            if decision.retry_ms >= 0 and (
-                call.job or (call.may_queue and decision.denied.action == "queue")
-            ):
+            if decision.retry_ms >= 0 and (call.job or decision.denied.action == "queue"):
                 observe_decision(limits, "queued", decision.denied)
                 raise Queued(decision)
             observe_decision(limits, "rejected", decision.denied)

@@ -6,6 +6,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from django.conf import settings
+
 from policies.engine.specs import LimitSpec
 
 SCRIPT = (Path(__file__).parent / "limiter.lua").read_text()
@@ -50,10 +52,11 @@ def script_args(
     charges: Sequence[int],
     *,
     org_id: int,
-    prefix: str,
-    lease_ms: int,
     now_ms: int = 0,
 ) -> tuple[list[str], list[str | int]]:
+    """The script's keys and arguments, under this process's Redis prefix and lease."""
+    prefix = settings.TOLLGATE_REDIS_PREFIX
+    lease_ms = int(settings.TOLLGATE_LIMIT_LEASE_SECONDS * 1000)
     keys: list[str] = []
     argv: list[str | int] = [mode, now_ms, request_id, lease_ms, len(limits)]
     for spec, charge in zip(limits, charges, strict=True):

@@ -202,8 +202,6 @@ class Limiter:
             limits,
             charges,
             org_id=org_id,
-            prefix=settings.TOLLGATE_REDIS_PREFIX,
-            lease_ms=int(settings.TOLLGATE_LIMIT_LEASE_SECONDS * 1000),
             now_ms=now_ms,
         )
         raw = await self._script(keys=keys, args=argv)
@@ -276,8 +274,6 @@ class Limiter:
                         limits,
                         charges,
                         org_id=org_id,
-                        prefix=settings.TOLLGATE_REDIS_PREFIX,
-                        lease_ms=int(settings.TOLLGATE_LIMIT_LEASE_SECONDS * 1000),
                     )
                     await self._script(keys=keys, args=argv, client=pipe)
                 raw = await pipe.execute(raise_on_error=False)

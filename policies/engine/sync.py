@@ -39,8 +39,6 @@ def _one(
         limits,
         charges,
         org_id=org_id,
-        prefix=settings.TOLLGATE_REDIS_PREFIX,
-        lease_ms=int(settings.TOLLGATE_LIMIT_LEASE_SECONDS * 1000),
         now_ms=now_ms,
     )
     return parse(_script(client)(keys=keys, args=argv), limits, charges)
