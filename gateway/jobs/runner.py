@@ -449,7 +449,10 @@ class Pump:
 def _wake_next_pump() -> None:
     from gateway.jobs.tasks import jobs_pump
 
-    jobs_pump.apply_async()
+    try:
+        jobs_pump.apply_async()
+    except Exception as exc:  # the broker is away: the sweep wakes a pump once it is back
+        log.warning("job pump: the next pump was not woken (%s)", exc)
 
 
 def pump_run() -> None:

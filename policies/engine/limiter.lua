@@ -33,13 +33,25 @@ local lease = tonumber(ARGV[4])
 local n = tonumber(ARGV[5])
 local floor = math.floor
 
--- Rolling windows are counted in at least 60 sub-buckets, kept in a ring of fields
+-- Rolling windows are counted in 100 sub-buckets, kept in a ring of fields
 -- 'b<slot>' = '<bucket id>:<value>'. The count includes the bucket a window started in,
--- so no interval of the window's length ever holds more than the limit.
-local function ring(window)
-  local bms = floor(window / 60)
-  if bms < 1 then bms = 1 end
+-- so no interval of the window's length ever holds more than the limit, and a limit
+-- sustains at least 99% of its amount per window. Field 'g' holds the bucket width a
+-- counter was made with; a counter made before it existed (60 sub-buckets, no 'g') keeps
+-- its ring, so nothing it counted is forgotten.
+local SUB_BUCKETS, OLD_SUB_BUCKETS = 100, 60
+local rings = {}
+local function ring(ck, window)
+  local r = rings[ck]
+  if r then return r[1], r[2] end
+  local st = redis.call('HMGET', ck, 'g', 'lp')
+  local bms = tonumber(st[1])
+  if not bms then
+    bms = floor(window / ((st[2] and OLD_SUB_BUCKETS) or SUB_BUCKETS))
+    if bms < 1 then bms = 1 end
+  end
   local nb = math.ceil(window / bms)
+  rings[ck] = {bms, nb}
   return bms, nb
 end
 
@@ -112,7 +124,7 @@ local state = {}
 local function advance(ck, window)
   local c = state[ck]
   if c then return c end
-  local bms, nb = ring(window)
+  local bms, nb = ring(ck, window)
   local cur = floor(now / bms)
   local st = redis.call('HMGET', ck, 't', 'lp', 'b' .. ((cur - nb) % (nb + 1)),
                         'b' .. (cur % (nb + 1)), 'held')
@@ -143,7 +155,7 @@ local function advance(ck, window)
         if id == lp - nb + j - 1 then total = total - v end
       end
     end
-    redis.call('HSET', ck, 't', total, 'lp', cur)
+    redis.call('HSET', ck, 't', total, 'lp', cur, 'g', bms)
   end
   c.total = total
   state[ck] = c
@@ -166,8 +178,7 @@ end
 -- How long a rolling limit's keys live: past the window and any lease, so no key that
 -- holds live state expires before the others.
 local function rolling_ttl(window)
-  local bms = ring(window)
-  local ttl = window * 2 + bms + lease
+  local ttl = window * 2 + math.ceil(window / OLD_SUB_BUCKETS) + lease
   if lease * 2 > ttl then ttl = lease * 2 end
   return ttl
 end
@@ -194,7 +205,7 @@ local function add_committed(ck, kind, window, value)
     c.curval = c.curval + value
     c.total = c.total + value
     redis.call('HSET', ck, 'b' .. (c.cur % (c.nb + 1)), c.cur .. ':' .. c.curval,
-               't', c.total, 'lp', c.cur)
+               't', c.total, 'lp', c.cur, 'g', c.bms)
     if c.moved then
       redis.call('PEXPIRE', ck, rolling_ttl(window))
       c.moved = false
@@ -219,7 +230,7 @@ end
 -- went to; a bucket that has left the window since needs nothing.
 local function undo_committed(ck, kind, window, value)
   if kind == 'r' then
-    local bms, nb = ring(window)
+    local bms, nb = ring(ck, window)
     local id = floor(now / bms)
     local field = 'b' .. (id % (nb + 1))
     local bid, v = parse_bucket(redis.call('HGET', ck, field))
@@ -379,7 +390,7 @@ for i = 1, n do
       retry = -1  -- this request alone is larger than the limit
     elseif s.kind == 'r' then
       local need, freed = u + s.charge - s.amount, 0
-      local bms, nb = ring(s.window)
+      local bms, nb = ring(s.ck, s.window)
       local cur = floor(now / bms)
       local lp = tonumber(redis.call('HGET', s.ck, 'lp'))
       if lp and lp > cur then cur = lp end

@@ -28,7 +28,9 @@ def current_usage(spec: LimitSpec, *, org_id: int, client: redis.Redis | None = 
         return None
     held = int(fields.get("held", 0)) if spec.charge_class == "h" else 0
     if spec.kind == "r":
-        bucket_ms = max(spec.window_ms // 60, 1)
+        # The bucket width the counter was made with (see limiter.lua's ring()).
+        parts = 60 if "lp" in fields and "g" not in fields else 100
+        bucket_ms = int(fields.get("g") or max(spec.window_ms // parts, 1))
         buckets = math.ceil(spec.window_ms / bucket_ms)
         current = now // bucket_ms
         total = 0

@@ -63,9 +63,9 @@ def test_a_rolling_minute_frees_capacity_exactly_one_window_later() -> None:
         assert admit(limit, now=T0 + offset).admitted
     denied = admit(limit, now=T0 + 30_000)
     assert not denied.admitted
-    # The first request's sub-bucket leaves the window no later than 61 s after it.
+    # The first request's sub-bucket (1/100 of the window) leaves it 60.6 s after it at most.
     free_at = T0 + 30_000 + denied.retry_ms
-    assert T0 + 60_000 <= free_at <= T0 + 61_000
+    assert T0 + 60_000 <= free_at <= T0 + 60_600
     assert not admit(limit, now=free_at - 1).admitted
     assert admit(limit, now=free_at).admitted
 
@@ -347,3 +347,37 @@ def test_a_reaped_hold_never_makes_the_counter_negative(settings) -> None:  # ty
     later = T0 + 5_500
     assert admit(tokens, [1000], now=later).admitted
     assert not admit(tokens, [900], now=later).admitted
+
+
+def test_a_saturated_rolling_second_frees_capacity_within_1_percent_of_its_window() -> None:
+    limit = spec(id=54, window="second", amount=50)
+    admitted = []
+    for step in range(0, 4_000, 3):  # a client asking every 3 ms for 4 s
+        if admit(limit, now=T0 + step).admitted:
+            admitted.append(step)
+    # Every admission's capacity came back to a later one no more than 10 ms (one
+    # sub-bucket) after the window, and never before it: >= 99 % of the amount per window.
+    gaps = [later - earlier for earlier, later in zip(admitted, admitted[50:], strict=False)]
+    assert gaps and min(gaps) >= 1_000 and max(gaps) <= 1_010 + 3
+
+
+def test_a_counter_from_the_60_bucket_ring_keeps_its_count() -> None:
+    from django.conf import settings
+
+    limit = spec(id=55, window="minute", amount=10)
+    base = limit.counter_key(settings.TOLLGATE_REDIS_PREFIX, 1)
+    client = sync.get_redis()
+    old_bucket = 1_000  # ms per bucket in the 60-bucket ring of a minute
+    cur = T0 // old_bucket
+    # Nine requests counted 30 s ago by the earlier ring: its fields, without a 'g'.
+    client.delete(f"{base}:c")
+    client.hset(
+        f"{base}:c",
+        mapping={f"b{(cur - 30) % 61}": f"{cur - 30}:9", "t": 9, "lp": cur - 30},
+    )
+    assert admit(limit, now=T0).admitted
+    assert not admit(limit, now=T0 + 1).admitted
+    assert client.hget(f"{base}:c", "g") == b"1000"
+    # Capacity comes back when the old ring's bucket leaves the window.
+    freed = admit(limit, now=T0 + 2)
+    assert T0 + 2 + freed.retry_ms == (cur - 30 + 61) * old_bucket
