@@ -3,7 +3,9 @@ runs their provider calls concurrently, on one asyncio loop inside one worker sl
 
 * A job its limits do not admit yet goes back to its place in the queue, and its lane
   (API key + feature: the same limits) is skipped until the limiter's ``retry`` time, so
-  capacity is used the moment it returns, without polling the limiter.
+  capacity is used the moment it returns, without polling the limiter. When that time is
+  near (a busy per-second limit frees some capacity every few milliseconds), the pump keeps
+  the job claimed and ready instead, and admits it then without going back to Postgres.
 * A pump keeps its slot only while jobs are in flight or capacity returns within
   ``HAND_BACK_SECONDS``; otherwise it ends and the sweep (every second) wakes a new one.
 * Leases: a pump renews its running jobs every second; a job whose pump died is put back
@@ -21,6 +23,7 @@ import time
 import uuid
 from collections.abc import MutableMapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
@@ -52,6 +55,10 @@ CLAIM_BATCH = 16
 IDLE_LOOK_SECONDS = 0.25
 # Leases of in-flight jobs and of the pump's slot are renewed this often.
 RENEW_SECONDS = 1.0
+# A job its limits admit within this long stays claimed and ready (no release and claim
+# again); for this long at most in all, so its "running" status never hides a long wait.
+KEEP_SECONDS = 0.25
+KEEP_MAX_SECONDS = 1.0
 RELEASE_SLOT = (
     "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0"
 )
@@ -164,6 +171,9 @@ class Pump:
         self.batch = 1
         self.call_ended = asyncio.Event()
         self.next_claim_at = 0.0
+        # Jobs claimed and prepared whose lane is held for a moment, in order of service.
+        self.kept: list[Ready] = []
+        self.kept_since: dict[uuid.UUID, float] = {}
 
     async def run(self, seconds: float) -> None:
         deadline = time.monotonic() + seconds
@@ -180,9 +190,12 @@ class Pump:
                     await self._settle_some(1.0)
             # Time is up with work left: the next pump takes over now, while this one
             # only finishes the calls it has in flight.
+            await self._give_back_kept()
             await asyncio.to_thread(self.slot.release)
             await asyncio.to_thread(_wake_next_pump)
         finally:
+            with contextlib.suppress(Exception):
+                await self._give_back_kept()
             while self.inflight:
                 await self._settle_some(RENEW_SECONDS)
                 with contextlib.suppress(Exception):
@@ -208,18 +221,21 @@ class Pump:
         if room <= 0:
             await self._settle_some(RENEW_SECONDS)
             return True
+        due = await self._due_kept(room)
+        if due:
+            await self._start_batch(due)
+            return True
         claims = await self.store.claim(
             skip_lanes=list(self.lanes),
             skip_providers=list(self.providers),
             limit=min(self.batch, room),
         )
         if claims:
-            started = await self._start_batch(claims)
-            # Claim about as many as the limits took last time: claiming jobs only to put
-            # them back costs two writes each.
-            self.batch = (
-                min(self.batch * 2, CLAIM_BATCH) if started == len(claims) else max(started + 1, 1)
-            )
+            returned = await self._start_batch(await self._ready(claims))
+            # Claim about as many as the limits take: claiming jobs only to put them back
+            # costs two writes each (jobs kept for a moment cost nothing).
+            taken = len(claims) - returned
+            self.batch = min(self.batch * 2, CLAIM_BATCH) if not returned else max(taken, 1)
             return True
         wait = await self._next_work_in()
         if wait is None and not self.inflight:
@@ -233,8 +249,37 @@ class Pump:
         return True
 
     async def _renew(self) -> None:
-        await self.store.renew(claims=list(self.inflight.values()))
+        await self.store.renew(claims=[*self.inflight.values(), *(r.claim for r in self.kept)])
         await asyncio.to_thread(self.slot.renew)
+
+    async def _give_back_kept(self) -> None:
+        kept, self.kept = self.kept, []
+        self.kept_since.clear()
+        await self.store.release(claims=[r.claim for r in kept])
+
+    async def _due_kept(self, room: int) -> list[Ready]:
+        """Kept jobs whose lane is open again (at most ``room``), in order of service; those
+        past their max age or whose provider's breaker opened go back to the queue."""
+        due: list[Ready] = []
+        keep: list[Ready] = []
+        back: list[Claim] = []
+        now = datetime.now(tz=UTC)
+        for ready in self.kept:
+            job = ready.claim.job
+            if job.lane in self.lanes or len(due) >= room:
+                keep.append(ready)
+            elif job.expires_at <= now or not await self._provider_allows(job, ready.provider):
+                back.append(ready.claim)  # the sweep expires it, or it waits for the provider
+            else:
+                due.append(ready)
+        self.kept = keep
+        await self._release(back)
+        return due
+
+    async def _release(self, claims: list[Claim]) -> None:
+        for claim in claims:
+            self.kept_since.pop(claim.job.pk, None)
+        await self.store.release(claims=claims)
 
     async def _next_work_in(self) -> float | None:
         now = time.monotonic()
@@ -260,16 +305,15 @@ class Pump:
         if not task.cancelled() and task.exception() is not None:
             log.error("job run failed", exc_info=task.exception())
 
-    async def _start_batch(self, claims: list[Claim]) -> int:
-        """Admit claimed jobs (one Redis round trip, in their order) and start the admitted
-        ones' provider calls; the others go back to their places."""
+    async def _ready(self, claims: list[Claim]) -> list[Ready]:
+        """Claimed jobs prepared for admission; those whose provider is held go back."""
         held: list[Claim] = []
         candidates: list[Ready] = []
         catalog = await self.app.catalog.get()
         for claim in claims:
             job = claim.job
             if job.lane in self.lanes or (job.provider_id or 0) in self.providers:
-                held.append(claim)  # an earlier job of the batch found its lane held
+                held.append(claim)  # held by an earlier job of the batch (its breaker)
                 continue
             ready = await self._prepare(claim, catalog)
             if ready is None:
@@ -277,29 +321,52 @@ class Pump:
             elif ready is not DONE:
                 assert isinstance(ready, Ready)
                 candidates.append(ready)
-        outcomes = await self.app.gate.admit_jobs(
-            [
-                (
-                    r.call,
-                    catalog,
-                    r.key,
-                    r.prepared.estimate.input_tokens,
-                    r.prepared.max_tokens,
-                )
-                for r in candidates
-            ]
-        )
+        await self._release(held)
+        return candidates
+
+    async def _start_batch(self, candidates: list[Ready]) -> int:
+        """Admit prepared jobs (one Redis round trip, in their order) and start the admitted
+        ones' provider calls; the others are kept for a moment, or go back to their places
+        (how many is returned)."""
+        held: list[Claim] = []
+        if not candidates:
+            return 0
+        try:
+            catalog = await self.app.catalog.get()
+            outcomes = await self.app.gate.admit_jobs(
+                [
+                    (
+                        r.call,
+                        catalog,
+                        r.key,
+                        r.prepared.estimate.input_tokens,
+                        r.prepared.max_tokens,
+                    )
+                    for r in candidates
+                ]
+            )
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await self._release([r.claim for r in candidates])
+            raise
         admitted = [r for r, outcome in zip(candidates, outcomes, strict=True) if outcome is None]
         started: set[Any] = set()
         try:
             for ready, outcome in zip(candidates, outcomes, strict=True):
                 job = ready.claim.job
+                kept_since = self.kept_since.pop(job.pk, None)
                 if outcome is None:
                     continue
                 if isinstance(outcome, Queued):
-                    until = time.monotonic() + max(outcome.retry_seconds, 0.001)
+                    now = time.monotonic()
+                    until = now + max(outcome.retry_seconds, 0.001)
                     self.lanes[job.lane] = max(self.lanes.get(job.lane, 0.0), until)
-                    held.append(ready.claim)
+                    since = now if kept_since is None else kept_since
+                    if outcome.retry_seconds <= KEEP_SECONDS and until - since <= KEEP_MAX_SECONDS:
+                        self.kept.append(ready)
+                        self.kept_since[job.pk] = since
+                    else:
+                        held.append(ready.claim)
                 elif isinstance(outcome, ProxyError) and outcome.status == 503:
                     # The limiter's store is down and a limit fails closed.
                     self.lanes[job.lane] = time.monotonic() + 1.0
@@ -307,16 +374,19 @@ class Pump:
                 else:  # this call alone exceeds a whole limit: it can never run
                     assert isinstance(outcome, ProxyError)
                     await self._fail(ready.claim, ready.call, outcome)
-            await self.store.release(claims=held)
+            self.kept.sort(
+                key=lambda r: (-r.claim.job.priority, r.claim.job.rank, r.claim.job.created_at)
+            )
+            await self._release(held)
             if not admitted:
-                return 0
-            kept = await self.store.admitted(
+                return len(held)
+            owned = await self.store.admitted(
                 admitted=[
                     (r.claim, r.call.admitted_ms or int(time.time() * 1000)) for r in admitted
                 ]
             )
             for r in admitted:
-                if r.claim.job.pk not in kept:  # the claim was lost meanwhile
+                if r.claim.job.pk not in owned:  # the claim was lost meanwhile
                     continue
                 waited = (r.call.admitted_ms or time.time() * 1000) / 1000
                 JOB_WAIT.labels(str(r.claim.job.priority)).observe(
@@ -333,7 +403,7 @@ class Pump:
                 if r.claim.job.pk not in started:
                     with contextlib.suppress(Exception):
                         await self.app.gate.settle(r.call, tokens=0, cost_usd=Decimal(0))
-        return len(started)
+        return len(held) + len(admitted) - len(started)
 
     async def _prepare(self, claim: Claim, catalog: Any) -> Ready | object | None:
         """A claimed job made ready for admission: Ready, DONE (it failed for good) or None
@@ -359,14 +429,19 @@ class Pump:
             return DONE
         assert call.model is not None
         provider = call.model.provider.id
+        if not await self._provider_allows(job, provider):
+            return None
+        return Ready(claim, call, api_key, prepared, provider)
+
+    async def _provider_allows(self, job: JobRow, provider: int) -> bool:
+        """False while the provider's breaker is open: its jobs (and their lanes) wait."""
         allowed, wait = await self.breaker.allow(provider)
         if not allowed:
             until = time.monotonic() + max(wait, 0.05)
             self.providers[provider] = until
             # Also its lane: the job may still name the provider it was accepted for.
             self.lanes[job.lane] = max(self.lanes.get(job.lane, 0.0), until)
-            return None
-        return Ready(claim, call, api_key, prepared, provider)
+        return allowed
 
     async def _store(self, write: Any, **kwargs: Any) -> bool:
         """A result write, tried again while Postgres is briefly away (else the job runs

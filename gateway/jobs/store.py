@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 
 COLUMNS = (
     "id, org_id, api_key_id, feature, endpoint, provider_id, request, request_headers, "
-    "priority, rank, lane, attempts, created_at, callback_url, runs"
+    "priority, rank, lane, attempts, created_at, callback_url, runs, expires_at"
 )
 
 
@@ -51,6 +51,7 @@ class JobRow:
     created_at: datetime
     callback_url: str
     runs: int
+    expires_at: datetime
 
     @property
     def pk(self) -> uuid.UUID:
