@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import time
 import uuid
@@ -131,6 +132,11 @@ class Ready:
 DONE = object()  # a claimed job that already failed for good
 
 
+def _service_order(ready: Ready) -> tuple[int, int, Any]:
+    job = ready.claim.job
+    return (-job.priority, job.rank, job.created_at)
+
+
 class Slot:
     """One of ``TOLLGATE_JOB_PUMPS`` pump slots, held in Redis with a TTL."""
 
@@ -165,6 +171,7 @@ class Pump:
         self.store = JobStore()
         self.breaker = ProviderBreaker()
         self.inflight: dict[asyncio.Task[None], Claim] = {}
+        self.calling = 0  # of those, the ones waiting on their provider
         # Lanes and providers skipped until a monotonic time.
         self.lanes: dict[str, float] = {}
         self.providers: dict[int, float] = {}
@@ -174,6 +181,8 @@ class Pump:
         # Jobs claimed and prepared whose lane is held for a moment, in order of service.
         self.kept: list[Ready] = []
         self.kept_since: dict[uuid.UUID, float] = {}
+        # Held lanes whose next jobs were claimed ahead (until the hold they were claimed in).
+        self.topped: dict[str, float] = {}
 
     async def run(self, seconds: float) -> None:
         deadline = time.monotonic() + seconds
@@ -216,8 +225,9 @@ class Pump:
         # then fair rank) decides among them, not a microsecond.
         horizon = now + LANE_SLACK if any(t <= now for t in self.lanes.values()) else now
         self.lanes = {k: t for k, t in self.lanes.items() if t > horizon}
+        self.topped = {k: t for k, t in self.topped.items() if k in self.lanes}
         self.providers = {k: t for k, t in self.providers.items() if t > now}
-        room = settings.TOLLGATE_JOB_CONCURRENCY - len(self.inflight)
+        room = settings.TOLLGATE_JOB_CONCURRENCY - self.calling
         if room <= 0:
             await self._settle_some(RENEW_SECONDS)
             return True
@@ -237,6 +247,8 @@ class Pump:
             taken = len(claims) - returned
             self.batch = min(self.batch * 2, CLAIM_BATCH) if not returned else max(taken, 1)
             return True
+        if await self._top_up(now):
+            return True
         wait = await self._next_work_in()
         if wait is None and not self.inflight:
             return False  # the queue is empty
@@ -251,6 +263,29 @@ class Pump:
     async def _renew(self) -> None:
         await self.store.renew(claims=[*self.inflight.values(), *(r.claim for r in self.kept)])
         await asyncio.to_thread(self.slot.renew)
+
+    async def _top_up(self, now: float) -> bool:
+        """While lanes are held for a moment, claim and prepare their next jobs, so they are
+        admitted the moment the lanes open, without a Postgres round trip then. True if it
+        claimed any."""
+        want = CLAIM_BATCH - len(self.kept)
+        soon = [
+            lane
+            for lane, until in self.lanes.items()
+            if until <= now + KEEP_SECONDS and self.topped.get(lane) != until
+        ]
+        if want <= 0 or not soon:
+            return False
+        for lane in soon:
+            self.topped[lane] = self.lanes[lane]
+        claims = await self.store.claim(
+            only_lanes=soon, skip_providers=list(self.providers), limit=want
+        )
+        for ready in await self._ready(claims, ahead=True):
+            self.kept_since[ready.claim.job.pk] = now
+            self.kept.append(ready)
+        self.kept.sort(key=_service_order)
+        return bool(claims)
 
     async def _give_back_kept(self) -> None:
         kept, self.kept = self.kept, []
@@ -305,14 +340,15 @@ class Pump:
         if not task.cancelled() and task.exception() is not None:
             log.error("job run failed", exc_info=task.exception())
 
-    async def _ready(self, claims: list[Claim]) -> list[Ready]:
-        """Claimed jobs prepared for admission; those whose provider is held go back."""
+    async def _ready(self, claims: list[Claim], *, ahead: bool = False) -> list[Ready]:
+        """Claimed jobs prepared for admission; those whose provider is held go back (and
+        those whose lane is, unless they were claimed ahead of its opening)."""
         held: list[Claim] = []
         candidates: list[Ready] = []
         catalog = await self.app.catalog.get()
         for claim in claims:
             job = claim.job
-            if job.lane in self.lanes or (job.provider_id or 0) in self.providers:
+            if (job.lane in self.lanes and not ahead) or (job.provider_id or 0) in self.providers:
                 held.append(claim)  # held by an earlier job of the batch (its breaker)
                 continue
             ready = await self._prepare(claim, catalog)
@@ -374,9 +410,7 @@ class Pump:
                 else:  # this call alone exceeds a whole limit: it can never run
                     assert isinstance(outcome, ProxyError)
                     await self._fail(ready.claim, ready.call, outcome)
-            self.kept.sort(
-                key=lambda r: (-r.claim.job.priority, r.claim.job.rank, r.claim.job.created_at)
-            )
+            self.kept.sort(key=_service_order)
             await self._release(held)
             if not admitted:
                 return len(held)
@@ -462,7 +496,13 @@ class Pump:
         finished = False
         try:
             try:
-                await self.app.relay(call, prepared)
+                self.calling += 1
+                try:
+                    await self.app.relay(call, prepared)
+                finally:
+                    # The provider answered: its result is stored beside the next calls.
+                    self.calling -= 1
+                    self.call_ended.set()
             except ProxyError as exc:
                 upstream = exc.outcome == "upstream_error"
                 if upstream and exc.status >= 500:
@@ -537,8 +577,14 @@ def pump_run() -> None:
     slot = Slot()
     if not slot.acquire():
         return  # enough pumps run already
+    # The process's long-lived objects (modules, settings, the catalog's rows) are left out
+    # of the cyclic collector while the pump runs: its full collections would otherwise
+    # stall the event loop for tens of milliseconds, a few times a minute.
+    gc.collect()
+    gc.freeze()
     try:
         asyncio.run(Pump(slot).run(settings.TOLLGATE_JOB_PUMP_SECONDS))
     finally:
+        gc.unfreeze()
         slot.release()
         close_old_connections()

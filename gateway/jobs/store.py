@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -25,6 +26,9 @@ from psycopg.types.json import Jsonb
 from gateway.jobs.models import run_request_id
 
 log = logging.getLogger(__name__)
+
+# Results of calls ending together are written in one statement, this many at most.
+RESULTS_PER_WRITE = 64
 
 COLUMNS = (
     "id, org_id, api_key_id, feature, endpoint, provider_id, request, request_headers, "
@@ -105,21 +109,41 @@ class _Connection:
             await self.conn.close()
 
 
+@dataclass(frozen=True)
+class _Result:
+    claim: Claim
+    status: str
+    response_status: int | None
+    response_body: str
+    cost_usd: Decimal | None
+    error: dict[str, Any] | None
+    dead_letter: bool
+
+
 class JobStore:
     def __init__(self) -> None:
         self.claims = _Connection()
         self.results = _Connection()
+        self._finishing: list[tuple[_Result, asyncio.Future[bool]]] = []
+        self._finisher: asyncio.Task[None] | None = None
 
     async def close(self) -> None:
         await self.claims.close()
         await self.results.close()
 
     async def claim(
-        self, *, skip_lanes: list[str], skip_providers: list[int], limit: int
+        self,
+        *,
+        skip_lanes: Sequence[str] = (),
+        only_lanes: Sequence[str] | None = None,
+        skip_providers: list[int],
+        limit: int,
     ) -> list[Claim]:
         """Take up to ``limit`` of the best queued jobs that may run now (SKIP LOCKED), in
-        order of service: tier priority, then fair rank."""
+        order of service: tier priority, then fair rank; outside ``skip_lanes``, or only in
+        ``only_lanes``."""
         token = uuid.uuid4()
+        lanes = "lane = ANY(%s)" if only_lanes is not None else "NOT (lane = ANY(%s))"
         rows = await self.claims.execute(
             f"""
             UPDATE gateway_job SET status = 'running', claim_token = %s,
@@ -127,14 +151,20 @@ class JobStore:
             WHERE id IN (
                 SELECT id FROM gateway_job
                 WHERE status = 'queued' AND not_before <= now() AND expires_at > now()
-                  AND NOT (lane = ANY(%s))
+                  AND {lanes}
                   AND (provider_id IS NULL OR NOT (provider_id = ANY(%s)))
                 ORDER BY priority DESC, rank, created_at
                 FOR UPDATE SKIP LOCKED
                 LIMIT %s)
             RETURNING {COLUMNS}
-            """,  # noqa: S608 - a constant column list
-            (token, settings.TOLLGATE_JOB_LEASE_SECONDS, skip_lanes, skip_providers, limit),
+            """,  # noqa: S608 - constant column list and lane condition
+            (
+                token,
+                settings.TOLLGATE_JOB_LEASE_SECONDS,
+                list(only_lanes if only_lanes is not None else skip_lanes),
+                skip_providers,
+                limit,
+            ),
         )
         jobs = sorted(
             (JobRow(*row) for row in rows), key=lambda j: (-j.priority, j.rank, j.created_at)
@@ -218,32 +248,67 @@ class JobStore:
         dead_letter: bool = False,
     ) -> bool:
         """Store the result once; False when another attempt owns the job now. A job with
-        a callback URL gets its webhook."""
-        rows = await self.results.execute(
-            """
-            UPDATE gateway_job SET status = %s, response_status = %s, response_body = %s,
-                   cost_usd = %s, error = %s, dead_letter = %s, finished_at = now(),
-                   claim_token = NULL, lease_until = NULL,
-                   callback_status = CASE WHEN callback_url <> '' THEN 'pending'
-                                          ELSE callback_status END
-            WHERE id = %s AND claim_token = %s AND status = 'running' RETURNING id
-            """,
+        a callback URL gets its webhook. Results of calls ending at the same moment are
+        written together, in one statement."""
+        done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._finishing.append(
             (
-                status,
-                response_status,
-                response_body,
-                cost_usd,
-                Jsonb(error) if error is not None else None,
-                dead_letter,
-                claim.job.id,
-                claim.token,
-            ),
+                _Result(
+                    claim, status, response_status, response_body, cost_usd, error, dead_letter
+                ),
+                done,
+            )
         )
-        if rows and claim.job.callback_url:
+        if self._finisher is None or self._finisher.done():
+            self._finisher = asyncio.get_running_loop().create_task(self._write_results())
+        stored = await done
+        if stored and claim.job.callback_url:
             from gateway.jobs.tasks import job_callback
 
             try:
                 await asyncio.to_thread(job_callback.delay, str(claim.job.id))
             except Exception as exc:  # the broker is away: the sweep sends it later
                 log.warning("job %s: callback not queued (%s)", claim.job.id, exc)
-        return bool(rows)
+        return stored
+
+    async def _write_results(self) -> None:
+        while self._finishing:
+            batch = self._finishing[:RESULTS_PER_WRITE]
+            del self._finishing[:RESULTS_PER_WRITE]
+            results = [result for result, _ in batch]
+            try:
+                rows = await self.results.execute(
+                    """
+                    UPDATE gateway_job AS j SET status = v.status,
+                           response_status = v.response_status, response_body = v.body,
+                           cost_usd = v.cost_usd, error = v.error, dead_letter = v.dead_letter,
+                           finished_at = now(), claim_token = NULL, lease_until = NULL,
+                           callback_status = CASE WHEN j.callback_url <> '' THEN 'pending'
+                                                  ELSE j.callback_status END
+                    FROM unnest(%s::uuid[], %s::uuid[], %s::text[], %s::int[], %s::text[],
+                                %s::numeric[], %s::jsonb[], %s::bool[])
+                         AS v(id, token, status, response_status, body, cost_usd, error,
+                              dead_letter)
+                    WHERE j.id = v.id AND j.claim_token = v.token AND j.status = 'running'
+                    RETURNING j.id
+                    """,
+                    (
+                        [r.claim.job.id for r in results],
+                        [r.claim.token for r in results],
+                        [r.status for r in results],
+                        [r.response_status for r in results],
+                        [r.response_body for r in results],
+                        [r.cost_usd for r in results],
+                        [Jsonb(r.error) if r.error is not None else None for r in results],
+                        [r.dead_letter for r in results],
+                    ),
+                )
+            except Exception as exc:  # each caller tries again (or gives up) on its own
+                for _, done in batch:
+                    if not done.done():
+                        done.set_exception(exc)
+                continue
+            stored = {row[0] for row in rows}
+            for result, done in batch:
+                if not done.done():
+                    done.set_result(result.claim.job.id in stored)
