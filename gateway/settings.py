@@ -251,9 +251,9 @@ TOLLGATE_JOB_RETRY_BASE_SECONDS = env.float("TOLLGATE_JOB_RETRY_BASE_SECONDS", 1
 TOLLGATE_JOB_RETRY_MAX_SECONDS = env.float("TOLLGATE_JOB_RETRY_MAX_SECONDS", 60.0, minimum=0.01)
 # A running job whose worker stopped renewing its lease this long is run again.
 TOLLGATE_JOB_LEASE_SECONDS = env.float("TOLLGATE_JOB_LEASE_SECONDS", 30.0, minimum=1.0)
-# Job pumps running at once (each is one worker slot) and jobs in flight per pump. One
-# pump serves strictly in order; more pumps add throughput but may start a lower-priority
-# job a moment early.
+# Job pumps running at once (each is one worker slot) and provider calls in flight per
+# pump. One pump serves strictly in order; more pumps add throughput but may start a
+# lower-priority job a moment early.
 TOLLGATE_JOB_PUMPS = env.int("TOLLGATE_JOB_PUMPS", 1, minimum=1)
 TOLLGATE_JOB_CONCURRENCY = env.int("TOLLGATE_JOB_CONCURRENCY", 64, minimum=1)
 # A pump hands its slot back after this long (the next pump carries on).

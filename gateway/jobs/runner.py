@@ -268,7 +268,8 @@ class Pump:
         """While lanes are held for a moment, claim and prepare their next jobs, so they are
         admitted the moment the lanes open, without a Postgres round trip then. True if it
         claimed any."""
-        want = CLAIM_BATCH - len(self.kept)
+        room = settings.TOLLGATE_JOB_CONCURRENCY - self.calling
+        want = min(CLAIM_BATCH, room) - len(self.kept)
         soon = [
             lane
             for lane, until in self.lanes.items()
@@ -288,27 +289,32 @@ class Pump:
         return bool(claims)
 
     async def _give_back_kept(self) -> None:
-        kept, self.kept = self.kept, []
+        if self.kept:
+            await self.store.release(claims=[r.claim for r in self.kept])
+        self.kept = []
         self.kept_since.clear()
-        await self.store.release(claims=[r.claim for r in kept])
 
     async def _due_kept(self, room: int) -> list[Ready]:
         """Kept jobs whose lane is open again (at most ``room``), in order of service; those
-        past their max age or whose provider's breaker opened go back to the queue."""
+        kept too long, past their max age or whose provider's breaker opened go back to the
+        queue."""
         due: list[Ready] = []
         keep: list[Ready] = []
-        back: list[Claim] = []
-        now = datetime.now(tz=UTC)
+        back: list[Ready] = []
+        now, clock = datetime.now(tz=UTC), time.monotonic()
         for ready in self.kept:
             job = ready.claim.job
-            if job.lane in self.lanes or len(due) >= room:
+            if clock - self.kept_since.get(job.pk, clock) > KEEP_MAX_SECONDS:
+                back.append(ready)  # its lane stayed held longer than planned
+            elif job.lane in self.lanes or len(due) >= room:
                 keep.append(ready)
             elif job.expires_at <= now or not await self._provider_allows(job, ready.provider):
-                back.append(ready.claim)  # the sweep expires it, or it waits for the provider
+                back.append(ready)  # the sweep expires it, or it waits for its provider
             else:
                 due.append(ready)
+        if back:
+            await self._release([r.claim for r in back])  # on failure all stay kept
         self.kept = keep
-        await self._release(back)
         return due
 
     async def _release(self, claims: list[Claim]) -> None:
@@ -427,6 +433,7 @@ class Pump:
                     max(waited - r.claim.job.created_at.timestamp(), 0.0)
                 )
                 task = asyncio.get_running_loop().create_task(self._call(r))
+                self.calling += 1
                 self.inflight[task] = r.claim
                 task.add_done_callback(self._ended)
                 started.add(r.claim.job.pk)
@@ -496,11 +503,11 @@ class Pump:
         finished = False
         try:
             try:
-                self.calling += 1
                 try:
                     await self.app.relay(call, prepared)
                 finally:
-                    # The provider answered: its result is stored beside the next calls.
+                    # The provider answered (counted from the task's start in _start_batch):
+                    # its result is stored beside the next calls.
                     self.calling -= 1
                     self.call_ended.set()
             except ProxyError as exc:

@@ -275,40 +275,52 @@ class JobStore:
         while self._finishing:
             batch = self._finishing[:RESULTS_PER_WRITE]
             del self._finishing[:RESULTS_PER_WRITE]
-            results = [result for result, _ in batch]
             try:
-                rows = await self.results.execute(
-                    """
-                    UPDATE gateway_job AS j SET status = v.status,
-                           response_status = v.response_status, response_body = v.body,
-                           cost_usd = v.cost_usd, error = v.error, dead_letter = v.dead_letter,
-                           finished_at = now(), claim_token = NULL, lease_until = NULL,
-                           callback_status = CASE WHEN j.callback_url <> '' THEN 'pending'
-                                                  ELSE j.callback_status END
-                    FROM unnest(%s::uuid[], %s::uuid[], %s::text[], %s::int[], %s::text[],
-                                %s::numeric[], %s::jsonb[], %s::bool[])
-                         AS v(id, token, status, response_status, body, cost_usd, error,
-                              dead_letter)
-                    WHERE j.id = v.id AND j.claim_token = v.token AND j.status = 'running'
-                    RETURNING j.id
-                    """,
-                    (
-                        [r.claim.job.id for r in results],
-                        [r.claim.token for r in results],
-                        [r.status for r in results],
-                        [r.response_status for r in results],
-                        [r.response_body for r in results],
-                        [r.cost_usd for r in results],
-                        [Jsonb(r.error) if r.error is not None else None for r in results],
-                        [r.dead_letter for r in results],
-                    ),
-                )
-            except Exception as exc:  # each caller tries again (or gives up) on its own
+                stored = await self._write([result for result, _ in batch])
+            except psycopg.OperationalError as exc:  # Postgres away: each caller tries again
                 for _, done in batch:
                     if not done.done():
                         done.set_exception(exc)
                 continue
-            stored = {row[0] for row in rows}
+            except Exception:
+                # One result Postgres refuses must not fail the others: one at a time.
+                stored = set()
+                for result, done in batch:
+                    try:
+                        stored |= await self._write([result])
+                    except Exception as exc:
+                        if not done.done():
+                            done.set_exception(exc)
             for result, done in batch:
                 if not done.done():
                     done.set_result(result.claim.job.id in stored)
+
+    async def _write(self, results: list[_Result]) -> set[uuid.UUID]:
+        rows = await self.results.execute(
+            """
+            UPDATE gateway_job AS j SET status = v.status,
+                   response_status = v.response_status, response_body = v.body,
+                   cost_usd = v.cost_usd, error = v.error, dead_letter = v.dead_letter,
+                   finished_at = now(), claim_token = NULL, lease_until = NULL,
+                   callback_status = CASE WHEN j.callback_url <> '' THEN 'pending'
+                                          ELSE j.callback_status END
+            FROM unnest(%s::uuid[], %s::uuid[], %s::text[], %s::int[], %s::text[],
+                        %s::numeric[], %s::jsonb[], %s::bool[])
+                 AS v(id, token, status, response_status, body, cost_usd, error,
+                      dead_letter)
+            WHERE j.id = v.id AND j.claim_token = v.token AND j.status = 'running'
+            RETURNING j.id
+            """,
+            (
+                [r.claim.job.id for r in results],
+                [r.claim.token for r in results],
+                [r.status for r in results],
+                [r.response_status for r in results],
+                # Postgres text cannot hold NUL.
+                [r.response_body.replace("\x00", "\ufffd") for r in results],
+                [r.cost_usd for r in results],
+                [Jsonb(r.error) if r.error is not None else None for r in results],
+                [r.dead_letter for r in results],
+            ),
+        )
+        return {row[0] for row in rows}

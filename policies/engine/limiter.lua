@@ -40,15 +40,33 @@ local floor = math.floor
 -- counter was made with; a counter made before it existed (60 sub-buckets, no 'g') keeps
 -- its ring, so nothing it counted is forgotten.
 local SUB_BUCKETS, OLD_SUB_BUCKETS = 100, 60
+local function width(window, parts)
+  local bms = floor(window / parts)
+  if bms < 1 then bms = 1 end
+  return bms
+end
 local rings = {}
 local function ring(ck, window)
   local r = rings[ck]
   if r then return r[1], r[2] end
   local st = redis.call('HMGET', ck, 'g', 'lp')
-  local bms = tonumber(st[1])
-  if not bms then
-    bms = floor(window / ((st[2] and OLD_SUB_BUCKETS) or SUB_BUCKETS))
-    if bms < 1 then bms = 1 end
+  local bms = width(window, SUB_BUCKETS)
+  local old = width(window, OLD_SUB_BUCKETS)
+  local g = tonumber(st[1])
+  if (g == old) or (not g and st[2]) then
+    bms = old
+  elseif g and g ~= bms then
+    -- A width that fits neither ring of this window: the limit's window was changed. The
+    -- count starts over in the new ring (holds and alert marks stay).
+    local drop = {}
+    for _, f in ipairs(redis.call('HKEYS', ck)) do
+      if string.sub(f, 1, 1) == 'b' or f == 't' or f == 'lp' or f == 'g' then
+        drop[#drop + 1] = f
+      end
+    end
+    for i = 1, #drop, 1000 do
+      redis.call('HDEL', ck, unpack(drop, i, math.min(i + 999, #drop)))
+    end
   end
   local nb = math.ceil(window / bms)
   rings[ck] = {bms, nb}

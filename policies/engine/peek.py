@@ -29,8 +29,10 @@ def current_usage(spec: LimitSpec, *, org_id: int, client: redis.Redis | None = 
     held = int(fields.get("held", 0)) if spec.charge_class == "h" else 0
     if spec.kind == "r":
         # The bucket width the counter was made with (see limiter.lua's ring()).
-        parts = 60 if "lp" in fields and "g" not in fields else 100
-        bucket_ms = int(fields.get("g") or max(spec.window_ms // parts, 1))
+        bucket_ms = max(spec.window_ms // 100, 1)
+        old = max(spec.window_ms // 60, 1)
+        if fields.get("g") == str(old) or ("g" not in fields and "lp" in fields):
+            bucket_ms = old
         buckets = math.ceil(spec.window_ms / bucket_ms)
         current = now // bucket_ms
         total = 0

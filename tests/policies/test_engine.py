@@ -381,3 +381,18 @@ def test_a_counter_from_the_60_bucket_ring_keeps_its_count() -> None:
     # Capacity comes back when the old ring's bucket leaves the window.
     freed = admit(limit, now=T0 + 2)
     assert T0 + 2 + freed.retry_ms == (cur - 30 + 61) * old_bucket
+
+
+def test_a_limit_whose_window_changed_counts_afresh_in_the_new_ring() -> None:
+    hourly = spec(id=56, window="hour", amount=5)
+    for _ in range(5):
+        assert admit(hourly, now=T0).admitted
+    assert not admit(hourly, now=T0 + 1).admitted
+    per_second = replace(hourly, window="second")
+    for step in range(5):
+        assert admit(per_second, now=T0 + 2 + step).admitted
+    denied = admit(per_second, now=T0 + 10)
+    assert not denied.admitted
+    # The first of them leaves the new ring (10 ms buckets) by 1,010 ms after it.
+    assert T0 + 1_000 <= T0 + 10 + denied.retry_ms <= T0 + 1_010
+    assert admit(per_second, now=T0 + 10 + denied.retry_ms).admitted
