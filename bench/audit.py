@@ -6,17 +6,20 @@ show that a rejected request costs the request path no Postgres round trip.
 
 from __future__ import annotations
 
+import os
+import sys
+
+# bench/queue.py is named like the standard library's `queue`: look in this folder last.
+_HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path = [p for p in sys.path if os.path.abspath(p or ".") != _HERE] + [_HERE]
+
 import argparse
 import json
-import sys
 import threading
 import time
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import psutil
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import django_setup, start, stop
 
 

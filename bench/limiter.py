@@ -9,16 +9,20 @@ commands per decision, then exactness: 16 processes x 250 requests against 1,000
 
 from __future__ import annotations
 
+import os
+import sys
+
+# bench/queue.py is named like the standard library's `queue`: look in this folder last.
+_HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path = [p for p in sys.path if os.path.abspath(p or ".") != _HERE] + [_HERE]
+
 import argparse
 import hashlib
 import multiprocessing
-import os
-import sys
 import time
 import uuid
 from collections import Counter
 from collections.abc import Callable
-from pathlib import Path
 
 import psutil
 from common import percentile
@@ -293,5 +297,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
     main()

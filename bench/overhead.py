@@ -6,13 +6,18 @@ gateway's full path (key auth, model routing, usage record to Redis), side by si
 
 from __future__ import annotations
 
+import os
+import sys
+
+# bench/queue.py is named like the standard library's `queue`: look in this folder last.
+_HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path = [p for p in sys.path if os.path.abspath(p or ".") != _HERE] + [_HERE]
+
 import argparse
 import asyncio
 import statistics
-import sys
 import threading
 import time
-from pathlib import Path
 
 import aiohttp
 import psutil
@@ -344,5 +349,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
     main()

@@ -22,15 +22,15 @@ import sys
 _HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path = [p for p in sys.path if os.path.abspath(p or ".") != _HERE] + [_HERE]
 
-import argparse  # noqa: E402
-import asyncio  # noqa: E402
-import json  # noqa: E402
-import random  # noqa: E402
-import time  # noqa: E402
-import urllib.request  # noqa: E402
+import argparse
+import asyncio
+import json
+import random
+import time
+import urllib.request
 
-import aiohttp  # noqa: E402
-from common import BASE_DIR, bench_model, django_setup, percentile, start, stop  # noqa: E402
+import aiohttp
+from common import BASE_DIR, bench_model, django_setup, percentile, start, stop
 
 RABBITMQ = "amqp://guest:guest@127.0.0.1:5672//"
 

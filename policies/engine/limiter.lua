@@ -45,31 +45,31 @@ local function width(window, parts)
   if bms < 1 then bms = 1 end
   return bms
 end
-local rings = {}
-local function ring(ck, window)
-  local r = rings[ck]
-  if r then return r[1], r[2] end
-  local st = redis.call('HMGET', ck, 'g', 'lp')
-  local bms = width(window, SUB_BUCKETS)
-  local old = width(window, OLD_SUB_BUCKETS)
-  local g = tonumber(st[1])
-  if (g == old) or (not g and st[2]) then
-    bms = old
-  elseif g and g ~= bms then
-    -- A width that fits neither ring of this window: the limit's window was changed. The
-    -- count starts over in the new ring (holds and alert marks stay).
-    local drop = {}
-    for _, f in ipairs(redis.call('HKEYS', ck)) do
-      if string.sub(f, 1, 1) == 'b' or f == 't' or f == 'lp' or f == 'g' then
-        drop[#drop + 1] = f
-      end
-    end
-    for i = 1, #drop, 1000 do
-      redis.call('HDEL', ck, unpack(drop, i, math.min(i + 999, #drop)))
+-- The ring of a counter: its bucket width and count, and whether its stored width fits
+-- neither ring of this window (the limit's window was changed).
+local function geometry(window, g, lp)
+  local bms, old = width(window, SUB_BUCKETS), width(window, OLD_SUB_BUCKETS)
+  if g == old or (not g and lp) then bms = old end
+  return bms, math.ceil(window / bms), g ~= nil and g ~= bms
+end
+
+-- A changed window: the count starts over in the new ring (holds and alert marks stay).
+local function forget_ring(ck)
+  local drop = {}
+  for _, f in ipairs(redis.call('HKEYS', ck)) do
+    if string.sub(f, 1, 1) == 'b' or f == 't' or f == 'lp' or f == 'g' then
+      drop[#drop + 1] = f
     end
   end
-  local nb = math.ceil(window / bms)
-  rings[ck] = {bms, nb}
+  for i = 1, #drop, 1000 do
+    redis.call('HDEL', ck, unpack(drop, i, math.min(i + 999, #drop)))
+  end
+end
+
+local function ring(ck, window)
+  local st = redis.call('HMGET', ck, 'g', 'lp')
+  local bms, nb, changed = geometry(window, tonumber(st[1]), st[2])
+  if changed then forget_ring(ck) end
   return bms, nb
 end
 
@@ -142,10 +142,22 @@ local state = {}
 local function advance(ck, window)
   local c = state[ck]
   if c then return c end
-  local bms, nb = ring(ck, window)
+  -- One read for a counter of the current ring; a second for an older one's.
+  local bms = width(window, SUB_BUCKETS)
+  local nb = math.ceil(window / bms)
   local cur = floor(now / bms)
   local st = redis.call('HMGET', ck, 't', 'lp', 'b' .. ((cur - nb) % (nb + 1)),
-                        'b' .. (cur % (nb + 1)), 'held')
+                        'b' .. (cur % (nb + 1)), 'held', 'g')
+  local gbms, gnb, changed = geometry(window, tonumber(st[6]), st[2])
+  if changed then
+    forget_ring(ck)
+    st = {nil, nil, nil, nil, st[5]}
+  elseif gbms ~= bms then
+    bms, nb = gbms, gnb
+    cur = floor(now / bms)
+    st = redis.call('HMGET', ck, 't', 'lp', 'b' .. ((cur - nb) % (nb + 1)),
+                    'b' .. (cur % (nb + 1)), 'held')
+  end
   local total, lp = tonumber(st[1]) or 0, tonumber(st[2])
   if lp ~= nil and cur < lp then
     -- The clock went back (a failover to a server with a slower clock): count and charge
@@ -408,7 +420,7 @@ for i = 1, n do
       retry = -1  -- this request alone is larger than the limit
     elseif s.kind == 'r' then
       local need, freed = u + s.charge - s.amount, 0
-      local bms, nb = ring(s.ck, s.window)
+      local bms, nb = state[s.ck].bms, state[s.ck].nb
       local cur = floor(now / bms)
       local lp = tonumber(redis.call('HGET', s.ck, 'lp'))
       if lp and lp > cur then cur = lp end
