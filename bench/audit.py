@@ -20,7 +20,7 @@ import time
 from datetime import UTC, datetime, timedelta
 
 import psutil
-from common import django_setup, start, stop
+from common import bench_model, django_setup, start, stop
 
 
 def generate(count: int) -> float:
@@ -136,7 +136,6 @@ def rejected_cost(requests: int = 1000) -> None:
     from django.db import connection
 
     from gateway.devstack.servers import free_port
-    from gateway.models import LlmModel, Provider
     from gateway.redis import get_redis
     from policies.models import Limit, Organization, Tier
     from policies.services import apikey_create
@@ -147,21 +146,7 @@ def rejected_cost(requests: int = 1000) -> None:
         [sys.executable, "-m", "gateway.fake_upstream", "--port", str(up_port)],
         ready_url=f"{upstream}/v1/models",
     )
-    provider, _ = Provider.objects.get_or_create(
-        org=None,
-        name="bench-audit",
-        defaults={"kind": "openai_compatible", "base_url": f"{upstream}/v1"},
-    )
-    LlmModel.objects.get_or_create(
-        org=None,
-        name="bench-audit-model",
-        defaults={
-            "provider": provider,
-            "upstream_name": "m",
-            "input_price_per_million": "1",
-            "output_price_per_million": "1",
-        },
-    )
+    bench_model(upstream)
     org, _ = Organization.objects.get_or_create(
         slug="bench-audit", defaults={"name": "Bench audit", "tier": Tier.objects.get(slug="free")}
     )
@@ -184,7 +169,7 @@ def rejected_cost(requests: int = 1000) -> None:
     )
     try:
         url = f"http://127.0.0.1:{gw_port}/v1/chat/completions"
-        body = {"model": "bench-audit-model", "messages": [{"role": "user", "content": "hi"}]}
+        body = {"model": "bench-model", "messages": [{"role": "user", "content": "hi"}]}
         headers = {"Authorization": f"Bearer {raw}"}
         with httpx.Client() as http:
             deadline = time.monotonic() + 10

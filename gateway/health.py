@@ -17,6 +17,7 @@ from django.http import HttpRequest, JsonResponse
 from kombu import Connection
 
 import gateway
+from gateway.postgres import conninfo
 from gateway.redis import get_redis, key, new_client
 
 WORKERS_KEY = ("workers", "heartbeat")
@@ -43,18 +44,7 @@ def _timeout() -> float:
 
 
 def check_postgres() -> dict[str, Any]:
-    db = settings.DATABASES["default"]
-    options = dict(db.get("OPTIONS", {}))
-    options["connect_timeout"] = max(1, math.ceil(_timeout()))
-    with psycopg.connect(
-        host=db.get("HOST") or None,
-        port=db.get("PORT") or None,
-        user=db.get("USER") or None,
-        password=db.get("PASSWORD") or None,
-        dbname=db.get("NAME"),
-        autocommit=True,
-        **options,
-    ) as conn:
+    with psycopg.connect(**conninfo(connect_timeout=max(1, math.ceil(_timeout())))) as conn:
         conn.execute("SELECT 1")
     return {}
 

@@ -7,6 +7,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import httpx
 import pytest
 
 from gateway.jobs.models import Job
@@ -22,6 +23,16 @@ def wait_for(check: Callable[[], Any], timeout: float = 30.0, what: str = "condi
             return value
         time.sleep(0.05)
     raise AssertionError(f"timed out waiting for {what}")
+
+
+def submit_job(base: str, key: str, model: str) -> httpx.Response:
+    """A one-message chat call to the gateway at ``base``, asking to run it as a job."""
+    return httpx.post(
+        f"{base}/v1/chat/completions",
+        headers={"Authorization": f"Bearer {key}", "Prefer": "respond-async"},
+        json={"model": model, "messages": [{"role": "user", "content": "one two three"}]},
+        timeout=30,
+    )
 
 
 def finished(count: int) -> Callable[[], bool]:

@@ -48,10 +48,17 @@ def private_address(host: str) -> bool:
     return any(not ipaddress.ip_address(str(info[4][0]).split("%")[0]).is_global for info in infos)
 
 
-def callback_allowed(url: str) -> bool:
+def callback_allowed(url: str, *, resolve: bool = True) -> bool:
+    """May a callback go to this URL's host? Without ``resolve`` (the request path) only an
+    IP literal is judged; a name is judged when the callback is sent."""
     if settings.TOLLGATE_JOB_CALLBACK_PRIVATE:
         return True
     host = urlsplit(url).hostname or ""
+    if not resolve:
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            return True
     return bool(host) and not private_address(host)
 
 

@@ -50,7 +50,7 @@ HAND_BACK_SECONDS = 2.0
 LANE_SLACK = 0.05
 # A result that cannot be stored is tried again after these pauses (seconds).
 STORE_RETRY_SECONDS = (0.5, 1.0, 2.0, 4.0)
-# Jobs claimed per query at most (then admitted one by one, in order).
+# Jobs claimed per query at most (then admitted in one Redis round trip, in order).
 CLAIM_BATCH = 16
 # With nothing to claim, look again after at most this long (jobs accepted meanwhile).
 IDLE_LOOK_SECONDS = 0.25
@@ -120,21 +120,18 @@ def _retry_after(exc: ProxyError) -> float | None:
 
 @dataclass
 class Ready:
-    """A job admitted by its limits, about to call its provider."""
+    """A claimed job prepared for admission (and, once admitted, for its provider call)."""
 
     claim: Claim
     call: Call
     key: KeyInfo
     prepared: Prepared
     provider: int
+    # Since when (monotonic) it is kept claimed while its lane is held; None if it is not.
+    kept_since: float | None = None
 
 
 DONE = object()  # a claimed job that already failed for good
-
-
-def _service_order(ready: Ready) -> tuple[int, int, Any]:
-    job = ready.claim.job
-    return (-job.priority, job.rank, job.created_at)
 
 
 class Slot:
@@ -180,7 +177,6 @@ class Pump:
         self.next_claim_at = 0.0
         # Jobs claimed and prepared whose lane is held for a moment, in order of service.
         self.kept: list[Ready] = []
-        self.kept_since: dict[uuid.UUID, float] = {}
         # Held lanes whose next jobs were claimed ahead (until the hold they were claimed in).
         self.topped: dict[str, float] = {}
 
@@ -247,7 +243,7 @@ class Pump:
             taken = len(claims) - returned
             self.batch = min(self.batch * 2, CLAIM_BATCH) if not returned else max(taken, 1)
             return True
-        if await self._top_up(now):
+        if await self._top_up(now, room):
             return True
         wait = await self._next_work_in()
         if wait is None and not self.inflight:
@@ -264,11 +260,10 @@ class Pump:
         await self.store.renew(claims=[*self.inflight.values(), *(r.claim for r in self.kept)])
         await asyncio.to_thread(self.slot.renew)
 
-    async def _top_up(self, now: float) -> bool:
+    async def _top_up(self, now: float, room: int) -> bool:
         """While lanes are held for a moment, claim and prepare their next jobs, so they are
         admitted the moment the lanes open, without a Postgres round trip then. True if it
         claimed any."""
-        room = settings.TOLLGATE_JOB_CONCURRENCY - self.calling
         want = min(CLAIM_BATCH, room) - len(self.kept)
         soon = [
             lane
@@ -283,16 +278,15 @@ class Pump:
             only_lanes=soon, skip_providers=list(self.providers), limit=want
         )
         for ready in await self._ready(claims, ahead=True):
-            self.kept_since[ready.claim.job.pk] = now
+            ready.kept_since = now
             self.kept.append(ready)
-        self.kept.sort(key=_service_order)
+        self.kept.sort(key=lambda r: r.claim.job.order)
         return bool(claims)
 
     async def _give_back_kept(self) -> None:
         if self.kept:
             await self.store.release(claims=[r.claim for r in self.kept])
         self.kept = []
-        self.kept_since.clear()
 
     async def _due_kept(self, room: int) -> list[Ready]:
         """Kept jobs whose lane is open again (at most ``room``), in order of service; those
@@ -304,7 +298,7 @@ class Pump:
         now, clock = datetime.now(tz=UTC), time.monotonic()
         for ready in self.kept:
             job = ready.claim.job
-            if clock - self.kept_since.get(job.pk, clock) > KEEP_MAX_SECONDS:
+            if ready.kept_since is not None and clock - ready.kept_since > KEEP_MAX_SECONDS:
                 back.append(ready)  # its lane stayed held longer than planned
             elif job.lane in self.lanes or len(due) >= room:
                 keep.append(ready)
@@ -313,14 +307,9 @@ class Pump:
             else:
                 due.append(ready)
         if back:
-            await self._release([r.claim for r in back])  # on failure all stay kept
+            await self.store.release(claims=[r.claim for r in back])  # on failure all stay kept
         self.kept = keep
         return due
-
-    async def _release(self, claims: list[Claim]) -> None:
-        for claim in claims:
-            self.kept_since.pop(claim.job.pk, None)
-        await self.store.release(claims=claims)
 
     async def _next_work_in(self) -> float | None:
         now = time.monotonic()
@@ -363,7 +352,7 @@ class Pump:
             elif ready is not DONE:
                 assert isinstance(ready, Ready)
                 candidates.append(ready)
-        await self._release(held)
+        await self.store.release(claims=held)
         return candidates
 
     async def _start_batch(self, candidates: list[Ready]) -> int:
@@ -374,39 +363,35 @@ class Pump:
         if not candidates:
             return 0
         try:
-            catalog = await self.app.catalog.get()
             outcomes = await self.app.gate.admit_jobs(
+                await self.app.catalog.get(),
                 [
-                    (
-                        r.call,
-                        catalog,
-                        r.key,
-                        r.prepared.estimate.input_tokens,
-                        r.prepared.max_tokens,
-                    )
+                    (r.call, r.key, r.prepared.estimate.input_tokens, r.prepared.max_tokens)
                     for r in candidates
-                ]
+                ],
             )
         except BaseException:
             with contextlib.suppress(Exception):
-                await self._release([r.claim for r in candidates])
+                await self.store.release(claims=[r.claim for r in candidates])
             raise
         admitted = [r for r, outcome in zip(candidates, outcomes, strict=True) if outcome is None]
         started: set[Any] = set()
         try:
             for ready, outcome in zip(candidates, outcomes, strict=True):
                 job = ready.claim.job
-                kept_since = self.kept_since.pop(job.pk, None)
                 if outcome is None:
                     continue
                 if isinstance(outcome, Queued):
                     now = time.monotonic()
                     until = now + max(outcome.retry_seconds, 0.001)
                     self.lanes[job.lane] = max(self.lanes.get(job.lane, 0.0), until)
-                    since = now if kept_since is None else kept_since
-                    if outcome.retry_seconds <= KEEP_SECONDS and until - since <= KEEP_MAX_SECONDS:
+                    if ready.kept_since is None:
+                        ready.kept_since = now
+                    if (
+                        outcome.retry_seconds <= KEEP_SECONDS
+                        and until - ready.kept_since <= KEEP_MAX_SECONDS
+                    ):
                         self.kept.append(ready)
-                        self.kept_since[job.pk] = since
                     else:
                         held.append(ready.claim)
                 elif isinstance(outcome, ProxyError) and outcome.status == 503:
@@ -416,21 +401,20 @@ class Pump:
                 else:  # this call alone exceeds a whole limit: it can never run
                     assert isinstance(outcome, ProxyError)
                     await self._fail(ready.claim, ready.call, outcome)
-            self.kept.sort(key=_service_order)
-            await self._release(held)
+            self.kept.sort(key=lambda r: r.claim.job.order)
+            await self.store.release(claims=held)
             if not admitted:
                 return len(held)
+            # Redis time of each admission (the limiter's, or ours if no limit applied).
+            stamps = [r.call.admitted_ms or int(time.time() * 1000) for r in admitted]
             owned = await self.store.admitted(
-                admitted=[
-                    (r.claim, r.call.admitted_ms or int(time.time() * 1000)) for r in admitted
-                ]
+                admitted=[(r.claim, at) for r, at in zip(admitted, stamps, strict=True)]
             )
-            for r in admitted:
+            for r, at in zip(admitted, stamps, strict=True):
                 if r.claim.job.pk not in owned:  # the claim was lost meanwhile
                     continue
-                waited = (r.call.admitted_ms or time.time() * 1000) / 1000
                 JOB_WAIT.labels(str(r.claim.job.priority)).observe(
-                    max(waited - r.claim.job.created_at.timestamp(), 0.0)
+                    max(at / 1000 - r.claim.job.created_at.timestamp(), 0.0)
                 )
                 task = asyncio.get_running_loop().create_task(self._call(r))
                 self.calling += 1

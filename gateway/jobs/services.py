@@ -256,16 +256,18 @@ def _after_finish(job_ids: list[Any]) -> None:
     if not pending:
         return
     Job.objects.filter(pk__in=pending).update(callback_status=Job.Callback.PENDING)
+    for pk in pending:
+        transaction.on_commit(partial(send_callback, str(pk)))
+
+
+def send_callback(job_id: str) -> None:
+    """Hand a finished job's callback to the broker (the sweep sends it later if the broker
+    is away)."""
     from gateway.jobs.tasks import job_callback
 
-    for pk in pending:
-        transaction.on_commit(partial(_send_callback, job_callback, str(pk)))
-
-
-def _send_callback(task: Any, job_id: str) -> None:
     try:
-        task.delay(job_id)
-    except Exception as exc:  # the broker is away: the sweep sends it later
+        job_callback.delay(job_id)
+    except Exception as exc:
         log.warning("job %s: callback not queued (%s)", job_id, exc)
 
 

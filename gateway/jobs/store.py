@@ -11,7 +11,6 @@ result.
 from __future__ import annotations
 
 import asyncio
-import logging
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -24,8 +23,8 @@ from django.conf import settings
 from psycopg.types.json import Jsonb
 
 from gateway.jobs.models import run_request_id
-
-log = logging.getLogger(__name__)
+from gateway.jobs.services import send_callback
+from gateway.postgres import conninfo
 
 # Results of calls ending together are written in one statement, this many at most.
 RESULTS_PER_WRITE = 64
@@ -65,25 +64,16 @@ class JobRow:
     def request_id(self) -> str:
         return run_request_id(self.id, self.runs)
 
+    @property
+    def order(self) -> tuple[int, int, datetime]:
+        """Its place in the order of service: tier priority, then fair rank."""
+        return (-self.priority, self.rank, self.created_at)
+
 
 @dataclass(frozen=True)
 class Claim:
     job: JobRow
     token: uuid.UUID
-
-
-def _conninfo() -> dict[str, Any]:
-    db = settings.DATABASES["default"]
-    options = dict(db.get("OPTIONS", {}))
-    return {
-        "host": db.get("HOST") or None,
-        "port": db.get("PORT") or None,
-        "user": db.get("USER") or None,
-        "password": db.get("PASSWORD") or None,
-        "dbname": db.get("NAME"),
-        "autocommit": True,
-        **options,
-    }
 
 
 class _Connection:
@@ -96,7 +86,7 @@ class _Connection:
     async def execute(self, sql: str, params: Any = ()) -> list[tuple[Any, ...]]:
         async with self.lock:
             if self.conn is None or self.conn.closed:
-                self.conn = await psycopg.AsyncConnection.connect(**_conninfo())
+                self.conn = await psycopg.AsyncConnection.connect(**conninfo())
             try:
                 cursor = await self.conn.execute(sql, params)
                 return await cursor.fetchall() if cursor.description else []
@@ -166,9 +156,7 @@ class JobStore:
                 limit,
             ),
         )
-        jobs = sorted(
-            (JobRow(*row) for row in rows), key=lambda j: (-j.priority, j.rank, j.created_at)
-        )
+        jobs = sorted((JobRow(*row) for row in rows), key=lambda j: j.order)
         return [Claim(job, token) for job in jobs]
 
     async def release(self, *, claims: list[Claim]) -> None:
@@ -263,12 +251,7 @@ class JobStore:
             self._finisher = asyncio.get_running_loop().create_task(self._write_results())
         stored = await done
         if stored and claim.job.callback_url:
-            from gateway.jobs.tasks import job_callback
-
-            try:
-                await asyncio.to_thread(job_callback.delay, str(claim.job.id))
-            except Exception as exc:  # the broker is away: the sweep sends it later
-                log.warning("job %s: callback not queued (%s)", claim.job.id, exc)
+            await asyncio.to_thread(send_callback, str(claim.job.id))
         return stored
 
     async def _write_results(self) -> None:

@@ -8,13 +8,11 @@ the provider's: ``X-Tollgate-Callback-Url``, ``X-Tollgate-Job-Max-Age`` (seconds
 
 from __future__ import annotations
 
-import ipaddress
 import json
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from django.conf import settings
 from django.db import DatabaseError
 
 from gateway.jobs.db import db_call
@@ -82,12 +80,9 @@ def job_options(headers: dict[bytes, bytes]) -> JobOptions:
                 param="X-Tollgate-Callback-Url",
                 code="invalid_callback_url",
             )
-        literal = _ip_literal(parts.hostname or "")
-        if (
-            literal is not None
-            and not literal.is_global
-            and not settings.TOLLGATE_JOB_CALLBACK_PRIVATE
-        ):
+        from gateway.jobs.callbacks import callback_allowed
+
+        if not callback_allowed(callback, resolve=False):
             raise ProxyError(
                 400,
                 "X-Tollgate-Callback-Url must point to a public address.",
@@ -117,13 +112,6 @@ def job_options(headers: dict[bytes, bytes]) -> JobOptions:
             code="invalid_idempotency_key",
         )
     return JobOptions(callback, max_age, key)
-
-
-def _ip_literal(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
-    try:
-        return ipaddress.ip_address(host)
-    except ValueError:
-        return None  # a name: checked when the callback is sent
 
 
 def _accept(new: Any) -> dict[str, Any]:

@@ -90,24 +90,25 @@ class LimitGate:
         self._conclude(call, key, limits, charges, decision)
 
     async def admit_jobs(
-        self, items: list[tuple[Any, Catalog, KeyInfo, int, int | None]]
+        self, catalog: Catalog, items: list[tuple[Any, KeyInfo, int, int | None]]
     ) -> list[BaseException | None]:
-        """Admit several queued jobs in one Redis round trip, in order; for each, None
-        (admitted) or what ``admit`` would have raised."""
+        """Admit several queued jobs (call, key, input tokens, max tokens) in one Redis
+        round trip, in order; for each, None (admitted) or what ``admit`` would have
+        raised."""
         pending: list[tuple[int, tuple[LimitSpec, ...], list[int]]] = []
         outcomes: list[BaseException | None] = [None] * len(items)
-        for i, (call, catalog, key, input_tokens, max_tokens) in enumerate(items):
+        for i, (call, key, input_tokens, max_tokens) in enumerate(items):
             limits, charges = self._charges(call, catalog, key, input_tokens, max_tokens)
             if limits:
                 pending.append((i, limits, charges))
         decisions = await self.limiter.admit_many(
             [
-                (items[i][0].lease_id, limits, charges, items[i][2].org_id)
+                (items[i][0].lease_id, limits, charges, items[i][1].org_id)
                 for i, limits, charges in pending
             ]
         )
         for (i, limits, charges), decision in zip(pending, decisions, strict=True):
-            call, _catalog, key = items[i][0], items[i][1], items[i][2]
+            call, key = items[i][0], items[i][1]
             try:
                 if isinstance(decision, LimiterUnavailable):
                     self._conclude_unavailable(call, key, limits, decision)

@@ -420,11 +420,9 @@ for i = 1, n do
       retry = -1  -- this request alone is larger than the limit
     elseif s.kind == 'r' then
       local need, freed = u + s.charge - s.amount, 0
-      local bms, nb = state[s.ck].bms, state[s.ck].nb
-      local cur = floor(now / bms)
-      local lp = tonumber(redis.call('HGET', s.ck, 'lp'))
-      if lp and lp > cur then cur = lp end
-      local _, b = scan(s.ck, cur, nb)
+      local c = state[s.ck]  -- as committed() read it (a clock gone back included)
+      local bms, nb = c.bms, c.nb
+      local _, b = scan(s.ck, c.cur, nb)
       retry = 1000  -- only holds in the way: they settle soon
       for j = 1, #b do
         freed = freed + b[j][2]

@@ -13,21 +13,15 @@ import pytest
 from gateway.devstack.servers import EmbeddedRedis
 from gateway.jobs.models import Job
 from policies.models import Feature
-from tests.gateway.test_jobs_api import PROMPT
 from tests.gateway.test_proxy_limits import limit
-from tests.job_fixtures import finished, usage_records, wait_for
+from tests.job_fixtures import finished, submit_job, usage_records, wait_for
 from tests.proxy_fixtures import GATEWAY_PREFIX, Setup, _database_url
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
 def submit(base: str, key: str) -> httpx.Response:
-    return httpx.post(
-        f"{base}/v1/chat/completions",
-        headers={"Authorization": f"Bearer {key}", "Prefer": "respond-async"},
-        json={"model": "gpt-test", "messages": PROMPT},
-        timeout=30,
-    )
+    return submit_job(base, key, "gpt-test")  # the proxy fixture's model
 
 
 def test_a_broker_restart_loses_no_job_and_runs_none_twice(

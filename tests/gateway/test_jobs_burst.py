@@ -94,7 +94,7 @@ def test_a_burst_of_2000_against_200_per_second_all_completes_within_the_limit(
     )
     key = fresh_key(proxy, proxy.org_a)
     wait_until_served(url, key)
-    worker(**env, **turns)
+    running = worker(**env, **turns)
     started = time.monotonic()
     statuses = asyncio.run(burst(url, key, BURST))
     print(f"burst of {BURST} sent in {time.monotonic() - started:.1f}s")
@@ -116,6 +116,9 @@ def test_a_burst_of_2000_against_200_per_second_all_completes_within_the_limit(
 
     wait_for(lambda: recorded() >= BURST, what="every usage record")
     assert recorded() == BURST
+    # No job waited for a lease to run out: every claim a pump kept for its lane's next
+    # opening went back to the queue when that pump handed over.
+    assert "put back after their worker stopped" not in running.log.read_text()
 
 
 def test_the_window_counter_finds_the_busiest_second() -> None:

@@ -17,19 +17,12 @@ import httpx
 from gateway.devstack.servers import EmbeddedPostgres
 from gateway.fake_upstream import FakeUpstream
 from tests.conftest import BASE_DIR, service_env
-from tests.job_fixtures import wait_for
+from tests.job_fixtures import submit_job, wait_for
 from tests.proxy_fixtures import wait_until_served
-
-BODY = {"model": "demo-chat", "messages": [{"role": "user", "content": "one two three"}]}
 
 
 def submit(base: str, key: str) -> httpx.Response:
-    return httpx.post(
-        f"{base}/v1/chat/completions",
-        headers={"Authorization": f"Bearer {key}", "Prefer": "respond-async"},
-        json=BODY,
-        timeout=30,
-    )
+    return submit_job(base, key, "demo-chat")  # the bootstrapped model
 
 
 def status(base: str, key: str, job_id: str) -> str:
